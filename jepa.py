@@ -1,0 +1,1190 @@
+"""
+nano-jepa: Joint-Embedding Predictive Architectures for images, in one file.
+
+    python jepa.py                          # I-JEPA on the embedded shapes data (a few minutes on a CPU)
+    python jepa.py --method=lejepa          # LeJEPA: multi-view invariance + SIGReg, no EMA, no stop-grad
+    python jepa.py -h                       # every config key with its default and what it does
+
+Read it top to bottom: config -> data -> model (RoPE, attention, ViT, predictor) -> masking ->
+objectives (I-JEPA, SIGReg, group sparsity, InfoNCE) -> EMA and schedules -> training loop -> summary.
+Papers: I-JEPA (Assran et al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJEPA (Hartman & Varshney
+2025), oi-VAE (Ainsworth et al. 2018), RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every
+definition used here.
+"""
+import copy
+import difflib
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import re
+import sys
+import tarfile
+import time
+import urllib.request
+import zipfile
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- config
+# Every name assigned in this block is a config key: `--key=value` overrides it, `-h` lists them all.
+# data
+data = 'shapes'           # shapes (embedded, procedural) | cifar10 | cifar100 | tinyimagenet | folder
+data_dir = ''             # folder or archive to read; for cifar also the download cache ('' = ~/.cache/nano-jepa)
+img_size = 32             # images are resized to img_size x img_size once, when loaded
+# method
+method = 'ijepa'          # ijepa | ijepa_sigreg | lejepa | sparse | infonce (README: methods table)
+# encoder (ViT-nano with 2-D RoPE) and predictor
+patch_size = 4            # patch side in pixels; must divide img_size
+width = 128               # encoder width D
+depth = 4                 # encoder blocks
+heads = 4                 # attention heads; width/heads must be divisible by 4 for 2-D RoPE
+cls_token = False         # prepend an (unrotated) CLS token; only used for attention maps
+pred_width = 64           # predictor width Dp (the narrow I-JEPA predictor)
+pred_depth = 2            # predictor blocks
+pred_heads = 2            # predictor heads; pred_width/pred_heads divisible by 4
+# optimisation
+epochs = 8                # passes over the training set
+steps = 0                 # total optimizer steps; overrides epochs when > 0
+budget_minutes = 0.0      # > 0: train for this wall-clock budget; schedules follow the elapsed fraction
+batch_size = 64           # images per optimizer step
+lr = 1.5e-3               # peak AdamW learning rate, reached after warm-up
+min_lr = 1e-5             # learning rate at the end of the cosine decay
+warmup = 0.1              # fraction of training spent in linear lr warm-up
+weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
+weight_decay_end = 0.4    # weight decay at the end
+ema = 0.996               # EMA momentum at the start; rises linearly to 1.0 (ijepa, sparse)
+# regularisers
+sigreg_weight = 0.05      # lambda in (1-lambda)*prediction_or_invariance + lambda*SIGReg (lejepa, ijepa_sigreg)
+num_slices = 256          # M random directions per SIGReg evaluation
+global_views = 2          # LeJEPA global views (crop scale 0.3-1, full resolution)
+local_views = 4           # LeJEPA local views (crop scale 0.05-0.3, half resolution)
+proj_dim = 128            # projector output size K (lejepa, infonce)
+group_lambda = 0.01       # lambda of the group-lasso proximal step, threshold lr*lambda (sparse)
+num_groups = 8            # G groups of the predictor input projection's rows (sparse)
+kl_beta = 0.0             # > 0: Gaussian head on context tokens with KL to N(0, I), weight beta (sparse)
+tau = 0.2                 # InfoNCE temperature
+# run
+out_dir = ''              # run directory ('' = runs/<data>_<method>)
+seed = 0                  # seeds init, data order, augmentation, masks and SIGReg directions
+resume = False            # continue from the newest checkpoint in out_dir
+device = 'auto'           # auto (cuda > mps > cpu) | cuda | mps | cpu
+compile = False           # torch.compile the model
+triton_kernels = True     # on CUDA, fused Triton attention (RoPE inside) and SIGReg kernels; False: SDPA and PyTorch
+log_every = 25            # steps between log lines
+probe = True              # linear probe of trained and random-init encoders at the end
+# -----------------------------------------------------------------------------
+
+CONFIG_KEYS = [k for k, v in list(globals().items())
+               if not k.startswith('_') and isinstance(v, (bool, int, float, str)) and k != 'CONFIG_KEYS']
+METHODS = ('ijepa', 'ijepa_sigreg', 'lejepa', 'sparse', 'infonce')
+DATASETS = ('shapes', 'cifar10', 'cifar100', 'tinyimagenet', 'folder')
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit code 2, no traceback."""
+
+
+def config_help():
+    """Each config line of this file, `name = default  # comment`, as the -h text."""
+    src = open(__file__).read()
+    block = src.split('# ' + '-' * 77 + ' config')[1].split('# ' + '-' * 77)[0]
+    lines = ['usage: python jepa.py [--key=value ...]', '']
+    for line in block.splitlines():
+        m = re.match(r'^(\w+) = (.+?)\s+# (.*)$', line)
+        if m:
+            lines.append(f"  {'--' + m[1] + '=' + m[2].strip(chr(39)):<26} {m[3]}")
+        elif line.startswith('# ') and not line.startswith('# Every'):
+            lines.append(line[2:] + ':')
+    return '\n'.join(lines)
+
+
+def parse_args(argv, defaults=None, help_text=None):
+    """`--key=value` overrides of the defaults (this file's config block unless given) -> config dict.
+    Raises UserError; -h prints help_text (this file's config block unless given) and exits."""
+    cfg = {k: globals()[k] for k in CONFIG_KEYS} if defaults is None else dict(defaults)
+    for arg in argv:
+        if arg in ('-h', '--help'):
+            print(help_text or config_help())
+            sys.exit(0)
+        if not arg.startswith('--') or '=' not in arg:
+            raise UserError(f"argument {arg!r} is not of the form --key=value (see -h)")
+        key, val = arg[2:].split('=', 1)
+        if key not in cfg:
+            close = difflib.get_close_matches(key, cfg, n=1)
+            raise UserError(f"unknown config key {key!r}" + (f"; did you mean --{close[0]}?" if close else " (see -h)"))
+        cfg[key] = _cast(key, val, cfg[key])
+    if defaults is None:
+        check_config(cfg)
+    return cfg
+
+
+def _cast(key, val, default):
+    """The string `val` as the type of `default`; ints are accepted where a float is expected."""
+    try:
+        if isinstance(default, bool):
+            if val.lower() in ('true', '1', 'yes'):
+                return True
+            if val.lower() in ('false', '0', 'no'):
+                return False
+            raise ValueError
+        return type(default)(val)
+    except ValueError:
+        raise UserError(f"--{key}={val}: expected {type(default).__name__} like {default!r}") from None
+
+
+def check_config(c):
+    """Reject impossible settings early, with a message that says what to change."""
+    def need(ok, msg):
+        if not ok:
+            raise UserError(msg)
+    need(c['method'] in METHODS, f"--method={c['method']}: choose one of {', '.join(METHODS)}")
+    need(c['data'] in DATASETS, f"--data={c['data']}: choose one of {', '.join(DATASETS)}")
+    for k in ('batch_size', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth', 'pred_heads',
+              'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
+        need(c[k] > 0, f"--{k}={c[k]}: must be a positive integer")
+    for k in ('epochs', 'steps', 'local_views'):
+        need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
+    for k in ('lr', 'min_lr', 'weight_decay', 'weight_decay_end', 'budget_minutes', 'group_lambda', 'kl_beta'):
+        need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
+    need(c['tau'] > 0, f"--tau={c['tau']}: the InfoNCE temperature must be > 0")
+    need(0 <= c['warmup'] < 1, f"--warmup={c['warmup']}: a fraction of training in [0, 1)")
+    need(0 <= c['ema'] <= 1, f"--ema={c['ema']}: a momentum in [0, 1]")
+    need(0 <= c['sigreg_weight'] <= 1, f"--sigreg_weight={c['sigreg_weight']}: lambda must be in [0, 1]")
+    need(c['img_size'] % c['patch_size'] == 0,
+         f"--patch_size={c['patch_size']} does not divide --img_size={c['img_size']}")
+    need(c['img_size'] // c['patch_size'] >= 4, "the patch grid must be at least 4x4: lower --patch_size")
+    for w, h, name in ((c['width'], c['heads'], ''), (c['pred_width'], c['pred_heads'], 'pred_')):
+        need(w % h == 0, f"--{name}heads={h} does not divide --{name}width={w}")
+        need((w // h) % 4 == 0, f"head dim {name}width/{name}heads = {w // h} must be divisible by 4 for 2-D RoPE")
+    need(c['pred_width'] % c['num_groups'] == 0,
+         f"--num_groups={c['num_groups']} must divide --pred_width={c['pred_width']}")
+    need(c['epochs'] > 0 or c['steps'] > 0 or c['budget_minutes'] > 0,
+         "nothing to train: set --epochs, --steps or --budget_minutes above 0")
+    need(c['device'] in ('auto', 'cuda', 'mps', 'cpu'), f"--device={c['device']}: auto | cuda | mps | cpu")
+    need(c['method'] not in ('lejepa',) or c['global_views'] >= 2 or c['local_views'] >= 1,
+         "lejepa needs at least two views: raise --global_views or --local_views")
+
+
+def pick_device(name):
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise UserError("--device=cuda but torch sees no CUDA GPU: use --device=auto or cpu")
+    if name == 'mps' and not torch.backends.mps.is_available():
+        raise UserError("--device=mps but this torch has no MPS backend: use --device=auto or cpu")
+    return name
+
+# ----------------------------------------------------------------------------- data
+# Every dataset becomes the same dict: uint8 images (N, 3, S, S) and int64 labels for a train and a test
+# split, plus class names. It is decoded once, then moved to the device; batches are indexed out of it and
+# augmented there, so the training loop runs no per-image Python.
+
+CIFAR = {  # canonical archives and the md5 sums torchvision checks
+    'cifar10': ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'c58f30108f718f92721af3b95e74349a'),
+    'cifar100': ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz', 'eb9058c3a382ffc7106e4002c42a8d85'),
+}
+# The embedded dataset's 12 classes: three identical blobs in one of 12 arrangements, as offsets on a unit
+# lattice (x right, y down). Every image holds the same parts, so a bag of patch statistics (what a random-init
+# encoder, average-pooled, mostly sees) cannot tell the classes apart; predicting a hidden blob from the visible
+# ones (what a JEPA learns) needs exactly the arrangement.
+ARRANGEMENTS = {
+    'row': [(-1, 0), (0, 0), (1, 0)], 'column': [(0, -1), (0, 0), (0, 1)],
+    'diagonal': [(-1, -1), (0, 0), (1, 1)], 'antidiagonal': [(-1, 1), (0, 0), (1, -1)],
+    'corner_tl': [(-1, -1), (1, -1), (-1, 1)], 'corner_tr': [(-1, -1), (1, -1), (1, 1)],
+    'corner_bl': [(-1, -1), (-1, 1), (1, 1)], 'corner_br': [(1, -1), (-1, 1), (1, 1)],
+    'arrow_up': [(-1, 1), (1, 1), (0, -1)], 'arrow_down': [(-1, -1), (1, -1), (0, 1)],
+    'arrow_left': [(1, -1), (1, 1), (-1, 0)], 'arrow_right': [(-1, -1), (-1, 1), (1, 0)],
+}
+SHAPES = tuple(ARRANGEMENTS)
+
+
+def make_shapes(n, size=32, seed=0):
+    """n labelled size x size images of the 12 arrangements. Spacing, blob size, position, rotation, brightness,
+    tint, background gradient and noise are random and shared by all classes. -> uint8 (n, 3, S, S), labels (n,)."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    y = torch.randint(len(SHAPES), (n,), generator=g)
+    offsets = torch.tensor([ARRANGEMENTS[k] for k in SHAPES], dtype=torch.float32)[y]  # (n, 3, 2)
+    spacing, radius = 0.42 + 0.16 * u(n, 1, 1), 0.17 + 0.06 * u(n, 1, 1)
+    ang = (u(n) - 0.5) * 0.4
+    rot = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1), torch.stack([ang.sin(), ang.cos()], -1)], -2)  # (n, 2, 2)
+    room = 1 - spacing - radius  # keep every blob inside the image
+    centres = (offsets * spacing) @ rot.transpose(1, 2) + (2 * u(n, 1, 2) - 1) * room  # (n, 3, 2)
+    r = torch.linspace(-1, 1, size)
+    Y, X = torch.meshgrid(r, r, indexing='ij')
+    grid = torch.stack([X, Y], -1).view(1, 1, size * size, 2)
+    dist = (grid - centres[:, :, None]).norm(dim=-1).min(1).values.view(n, size, size)  # nearest blob centre
+    fg = (dist < radius.view(n, 1, 1)).float()  # (n, S, S)
+    # bright, mildly tinted blobs on a darker background with a random gradient
+    tint = 0.75 + 0.25 * u(n, 3, 1, 1)
+    c_fg = (0.55 + 0.45 * u(n, 1, 1, 1)) * tint
+    c_bg, c_bg2 = 0.3 * u(n, 1, 1, 1) * tint, 0.3 * u(n, 1, 1, 1) * tint
+    t = (X * torch.cos(6.3 * u(n))[:, None, None] + Y * torch.sin(6.3 * u(n))[:, None, None] + 1) / 2
+    bg = c_bg * (1 - t[:, None]) + c_bg2 * t[:, None]  # (n, 3, S, S)
+    img = bg * (1 - fg[:, None]) + c_fg * fg[:, None] + 0.06 * torch.randn(n, 3, size, size, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+
+def load_shapes(cfg):
+    x, y = make_shapes(12000, cfg['img_size'], seed=cfg['seed'])
+    return dict(train_x=x[:10000], train_y=y[:10000], test_x=x[10000:], test_y=y[10000:], classes=list(SHAPES))
+
+
+def md5sum(path):
+    h = hashlib.md5()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url, path, md5):
+    """Fetch url to path with a progress line, verify md5, keep nothing unverified."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = path + '.part'
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, 'wb') as f:
+            total, done = int(r.headers.get('Content-Length') or 0), 0
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                done += len(chunk)
+                print(f"\rdownloading {url}: {done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else '') + " MiB",
+                      end='', flush=True)
+        print()
+    except OSError as e:
+        raise UserError(f"could not download {url} ({e}); fetch it by hand and pass --data_dir=PATH_TO_ARCHIVE")
+    if md5sum(tmp) != md5:
+        os.remove(tmp)
+        raise UserError(f"{url} downloaded with the wrong md5 (expected {md5}); try again, or pass --data_dir")
+    os.replace(tmp, path)
+
+
+def load_cifar(cfg, url=None, md5=None):
+    """CIFAR-10/100 in the python format, from --data_dir (tarball or extracted folder) or downloaded
+    (url and md5 default to the canonical ones; tests point them at a local server)."""
+    name = cfg['data']
+    canon_url, canon_md5 = CIFAR[name]
+    md5 = md5 or canon_md5
+    root = cfg['data_dir'] or os.path.expanduser('~/.cache/nano-jepa')
+    folder = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}[name]
+    meta = 'meta' if name == 'cifar100' else 'batches.meta'
+    if os.path.isdir(os.path.join(root, folder)):  # extracted archive inside root
+        root = os.path.join(root, folder)
+    elif root.endswith(('.tar.gz', '.tgz', '.tar')):  # an archive given by path
+        if not os.path.isfile(root):
+            raise UserError(f"--data_dir={root} does not exist")
+    elif not os.path.exists(os.path.join(root, meta)):  # a cache folder: download the archive into it once
+        archive = os.path.join(root, os.path.basename(canon_url))
+        if not os.path.exists(archive):
+            download(url or canon_url, archive, md5)
+        root = archive
+    read = _cifar_member_reader(root)
+    key = b'fine_labels' if name == 'cifar100' else b'labels'
+    files = (['train'], ['test']) if name == 'cifar100' else ([f'data_batch_{i}' for i in range(1, 6)], ['test_batch'])
+    out = {}
+    for split, names in zip(('train', 'test'), files):
+        batches = [_unpickle(read(f), root) for f in names]
+        out[split + '_x'] = torch.from_numpy(np.concatenate([b[b'data'] for b in batches]).reshape(-1, 3, 32, 32))
+        out[split + '_y'] = torch.tensor(sum((list(b[key]) for b in batches), []))
+    meta = _unpickle(read('meta' if name == 'cifar100' else 'batches.meta'), root)
+    out['classes'] = [c.decode() for c in meta[b'fine_label_names' if name == 'cifar100' else b'label_names']]
+    return out
+
+
+def _cifar_member_reader(root):
+    """A function name -> bytes over a CIFAR folder or a .tar.gz of it."""
+    if os.path.isdir(root):
+        def read(name):
+            path = os.path.join(root, name)
+            if not os.path.exists(path):
+                raise UserError(f"{path} is missing: --data_dir should hold the extracted CIFAR python batches")
+            return open(path, 'rb').read()
+        return read
+    try:
+        tar = tarfile.open(root)
+        members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"{root} is not a readable tar archive ({e}); delete it and download again")
+
+    def read(name):
+        if name not in members:
+            raise UserError(f"{root} has no member {name!r}: is it the CIFAR python-version archive?")
+        try:
+            return tar.extractfile(members[name]).read()
+        except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
+            raise UserError(f"{root} is truncated or corrupt ({e}); delete it and download again")
+    return read
+
+
+def zlib_error():
+    import zlib
+    return zlib.error
+
+
+def _unpickle(blob, where):
+    try:
+        return pickle.loads(blob, encoding='bytes')
+    except Exception as e:
+        raise UserError(f"a CIFAR batch in {where} does not unpickle ({type(e).__name__}); the archive is corrupt")
+
+
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+
+def decode_image(blob, size, where):
+    """Bytes of any image file -> uint8 (3, size, size); grayscale, CMYK, palette and odd sizes converted."""
+    from PIL import Image
+    try:
+        im = Image.open(io.BytesIO(blob)).convert('RGB')
+    except Exception as e:
+        raise UserError(f"cannot decode image {where} ({type(e).__name__}); remove or replace the file")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class FileSource:
+    """Uniform read access to a folder or a .zip: list of relative paths, and bytes of a path."""
+    def __init__(self, path):
+        if not os.path.exists(path):
+            raise UserError(f"--data_dir={path} does not exist")
+        self.path, self.zip = path, None
+        if os.path.isfile(path):
+            try:
+                self.zip = zipfile.ZipFile(path)
+                self.names = [n for n in self.zip.namelist() if not n.endswith('/')]
+            except (zipfile.BadZipFile, OSError) as e:
+                raise UserError(f"{path} is not a readable zip archive ({e}): pass the folder or a complete .zip")
+        else:
+            self.names = [os.path.relpath(os.path.join(d, f), path).replace(os.sep, '/')
+                          for d, _, fs in os.walk(path) for f in fs]
+
+    def read(self, name):
+        try:
+            return self.zip.read(name) if self.zip else open(os.path.join(self.path, name), 'rb').read()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise UserError(f"{self.path}: cannot read {name} ({e}); the archive is truncated or corrupt")
+
+
+def load_tinyimagenet(cfg):
+    """The standard tiny-imagenet-200 layout (wnids.txt, train/<wnid>/images, val/val_annotations.txt),
+    from a folder or straight from the .zip; any subset of its classes."""
+    if not cfg['data_dir']:
+        raise UserError("--data=tinyimagenet needs --data_dir=PATH to tiny-imagenet-200 (folder or .zip)")
+    src = FileSource(cfg['data_dir'])
+    wnids_path = next((n for n in src.names if n.endswith('wnids.txt')), None)
+    if wnids_path is None:
+        raise UserError(f"{cfg['data_dir']} has no wnids.txt: is it the tiny-imagenet-200 layout?")
+    base = wnids_path[:-len('wnids.txt')]
+    wnids = src.read(wnids_path).decode().split()
+    label = {w: i for i, w in enumerate(wnids)}
+    words = {}
+    if base + 'words.txt' in src.names:
+        words = dict(line.split('\t', 1) for line in src.read(base + 'words.txt').decode().splitlines() if '\t' in line)
+    train = [(n, label[n[len(base):].split('/')[1]]) for n in src.names
+             if n.startswith(base + 'train/') and n.lower().endswith(IMAGE_EXTS) and n[len(base):].split('/')[1] in label]
+    ann = base + 'val/val_annotations.txt'
+    if ann not in src.names:
+        raise UserError(f"{cfg['data_dir']} has no {ann}: is it the tiny-imagenet-200 layout?")
+    val = [(base + 'val/images/' + f, label[w]) for f, w, *_ in
+           (line.split('\t') for line in src.read(ann).decode().splitlines() if line.strip()) if w in label]
+    out = {'classes': [words.get(w, w).split(',')[0].strip() for w in wnids]}
+    for split, items in (('train', sorted(train)), ('test', sorted(val))):
+        if not items:
+            raise UserError(f"{cfg['data_dir']}: no {split} images found")
+        out[split + '_x'] = decode_all(src, [n for n, _ in items], cfg['img_size'])
+        out[split + '_y'] = torch.tensor([c for _, c in items])
+    return out
+
+
+def load_folder(cfg):
+    """An ImageFolder tree, root/<class>/<image>; root/train and root/val are used as splits when present,
+    else a fixed 10 % of each class is held out for evaluation."""
+    if not cfg['data_dir']:
+        raise UserError("--data=folder needs --data_dir=PATH to a folder with one sub-folder per class")
+    src = FileSource(cfg['data_dir'])
+    imgs = [n for n in src.names if n.lower().endswith(IMAGE_EXTS)]
+    if not src.names:
+        raise UserError(f"{cfg['data_dir']} is empty: it should hold one sub-folder of images per class")
+    if not imgs:
+        raise UserError(f"{cfg['data_dir']} has no image files ({', '.join(IMAGE_EXTS)})")
+    has_splits = any(n.startswith('train/') for n in imgs) and any(n.startswith('val/') for n in imgs)
+    splits = {}
+    for n in sorted(imgs):
+        parts = n.split('/')
+        if has_splits and parts[0] in ('train', 'val') and len(parts) >= 3:
+            splits.setdefault(parts[0], []).append((n, parts[1]))
+        elif not has_splits and len(parts) >= 2:
+            splits.setdefault('all', []).append((n, parts[-2]))
+    if not splits:
+        raise UserError(f"{cfg['data_dir']}: images must sit in class sub-folders (root/<class>/<image>)")
+    classes = sorted({c for items in splits.values() for _, c in items})
+    if not has_splits:  # every 10th image of each class goes to the test split
+        per_class = {}
+        for n, c in splits['all']:
+            per_class.setdefault(c, []).append((n, c))
+        splits = {'train': [], 'val': []}
+        for items in per_class.values():
+            for i, item in enumerate(items):
+                splits['val' if i % 10 == 9 else 'train'].append(item)
+    out = {'classes': classes}
+    for split, key in (('train', 'train'), ('val', 'test')):
+        items = splits.get(split, [])
+        if not items:
+            raise UserError(f"{cfg['data_dir']}: the {split} split has no images (need >= 10 per class)")
+        out[key + '_x'] = decode_all(src, [n for n, _ in items], cfg['img_size'])
+        out[key + '_y'] = torch.tensor([classes.index(c) for _, c in items])
+    return out
+
+
+def decode_all(src, names, size):
+    out = torch.empty(len(names), 3, size, size, dtype=torch.uint8)
+    t0 = time.time()
+    for i, n in enumerate(names):
+        out[i] = decode_image(src.read(n), size, f"{src.path}:{n}")
+        if (i + 1) % 5000 == 0 or i + 1 == len(names):
+            print(f"\rdecoding {src.path}: {i + 1}/{len(names)} images ({time.time() - t0:.0f}s)", end='', flush=True)
+    print()
+    return out
+
+
+def load_data(cfg, dev):
+    loader = {'shapes': load_shapes, 'cifar10': load_cifar, 'cifar100': load_cifar,
+              'tinyimagenet': load_tinyimagenet, 'folder': load_folder}[cfg['data']]
+    d = loader(cfg)
+    for k in ('train_x', 'test_x'):
+        if d[k].shape[-1] != cfg['img_size']:  # cifar is stored at 32x32
+            d[k] = F.interpolate(d[k].float(), size=cfg['img_size'], mode='bicubic', antialias=True).clamp(0, 255).round().byte()
+    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in d.items()}
+
+
+# Augmentation, batched on the device: each image gets its own crop box, flip, jitter, through one grid_sample.
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def normalize(x):  # uint8 (B, 3, S, S) -> float, ImageNet statistics
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def random_resized_crop(x, out_size, scale, g, flip=True):
+    """Per-image random-resized-crop (area fraction in `scale`, aspect in [3/4, 4/3]) and horizontal flip,
+    as one affine grid_sample over the batch. x float (B, 3, S, S) -> (B, 3, out_size, out_size)."""
+    B = x.shape[0]
+    rand = torch.rand(B, 5, generator=g, device=x.device)
+    area = scale[0] + (scale[1] - scale[0]) * rand[:, 0]
+    aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * rand[:, 1])
+    w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # fractions of the side
+    cx, cy = (2 * rand[:, 2] - 1) * (1 - w), (2 * rand[:, 3] - 1) * (1 - h)  # box centre in [-1, 1]
+    sign = torch.where(rand[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones_like(w)
+    theta = torch.zeros(B, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
+    grid = F.affine_grid(theta, (B, 3, out_size, out_size), align_corners=False)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+
+
+def color_jitter(x, g, strength=0.4, p_gray=0.2):
+    """Brightness, contrast and saturation jitter and random grayscale on a normalised batch (B, 3, S, S)."""
+    B = x.shape[0]
+    r = torch.rand(B, 4, generator=g, device=x.device)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    x = x * std + mean  # back to [0, 1]
+    f = lambda i: (1 + strength * (2 * r[:, i] - 1)).view(B, 1, 1, 1)  # noqa: E731
+    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = x * f(0)                                                            # brightness
+    x = (x - gray.mean((2, 3), keepdim=True)) * f(1) + gray.mean((2, 3), keepdim=True)  # contrast
+    x = (x - gray) * f(2) + gray                                            # saturation
+    x = torch.where((r[:, 3] < p_gray).view(B, 1, 1, 1), gray.expand_as(x), x)
+    return (x.clamp(0, 1) - mean) / std
+
+# ----------------------------------------------------------------------------- model
+# ViT-nano: patch embedding, pre-norm transformer blocks, final LayerNorm. Positions enter only through 2-D
+# axial RoPE on queries and keys; there is no position table, so a subset of tokens (the I-JEPA context) or a
+# larger grid (RoPE extrapolation) needs nothing but the tokens' grid coordinates.
+
+
+def grid_pos(idx, grid_w):
+    """Row-major patch indices (...) -> (column, row) grid positions (..., 2)."""
+    return torch.stack([idx % grid_w, idx // grid_w], -1)
+
+
+ROPE_THETA = 100.0  # RoPE base: frequencies theta^(-4k/d)
+
+
+def rope(x, pos, theta=ROPE_THETA):
+    """2-D axial RoPE (Heo et al. 2024). x (B, H, N, d), pos (B, N, 2) or (N, 2) as (column, row).
+    Channel pair m = (x_2m, x_2m+1), read as the complex number x_2m + i x_2m+1, is multiplied by e^(i phi_m):
+    phi_m = column * omega_m for m < d/4 and row * omega_(m-d/4) otherwise, omega_k = theta^(-4k/d)."""
+    d = x.shape[-1]
+    dt = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 input
+    omega = theta ** (-4 * torch.arange(d // 4, device=x.device, dtype=dt) / d)  # (d/4,)
+    pos = pos.to(dt)
+    phi = torch.cat([pos[..., :1] * omega, pos[..., 1:] * omega], -1)  # (B, N, d/2) or (N, d/2)
+    if phi.dim() == 3:
+        phi = phi.unsqueeze(1)  # (B, 1, N, d/2): the same positions in every head
+    xc = torch.view_as_complex(x.to(dt).reshape(*x.shape[:-1], d // 2, 2))  # (B, H, N, d/2) complex
+    return torch.view_as_real(xc * torch.polar(torch.ones_like(phi), phi)).flatten(-2).type_as(x)
+
+
+def kernels_enabled(t):
+    """Use the Triton kernels for tensor t? Only on CUDA, only when --triton_kernels=True and triton imports."""
+    if not (triton_kernels and t.is_cuda):
+        return False
+    try:
+        import kernels.attention  # noqa: F401
+        import kernels.sigreg  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def attention(q, k, v, pos):
+    """Non-causal softmax attention with 2-D RoPE on q and k. q, k, v (B, H, N, d) -> (B, H, N, d).
+    On CUDA the fused kernel rotates q and k as it loads them; elsewhere RoPE, then PyTorch's SDPA."""
+    if kernels_enabled(q):
+        from kernels.attention import attention as fused_attention
+        return fused_attention(q, k, v, pos, ROPE_THETA)
+    return F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x, pos):  # x (B, N, D)
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
+        x = attention(q, k, v, pos)  # (B, H, N, d)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x, pos):
+        x = x + self.attn(self.norm1(x), pos)
+        return x + self.mlp(self.norm2(x))
+
+
+def init_weights(module):
+    """Truncated-normal linear weights (std 0.02) and zero biases, as in the official I-JEPA code."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class ViT(nn.Module):
+    def __init__(self, patch_size, width, depth, heads, cls_token=False):
+        super().__init__()
+        self.patch_size, self.width = patch_size, width
+        self.patch_embed = nn.Conv2d(3, width, patch_size, stride=patch_size)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width)) if cls_token else None
+        self.num_prefix = int(cls_token)
+        self.blocks = nn.ModuleList([Block(width, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        init_weights(self)
+
+    def forward(self, img, idx=None):
+        """img float (B, 3, S, S); idx (B, N) row-major indices of the patches to keep (None: all).
+        Returns patch tokens (B, N, D); a CLS token, if any, takes part in attention but is not returned."""
+        x = self.patch_embed(img)  # (B, D, S/p, S/p)
+        grid_w = x.shape[-1]
+        x = x.flatten(2).transpose(1, 2)  # (B, L, D)
+        if idx is None:
+            pos = grid_pos(torch.arange(x.shape[1], device=x.device), grid_w)  # (L, 2)
+        else:
+            x = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N, D)
+            pos = grid_pos(idx, grid_w)  # (B, N, 2): each kept token keeps its original place
+        if self.cls is not None:  # at position (0, 0) the RoPE rotation is the identity: an unrotated CLS
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)
+            pos = F.pad(pos, (0, 0, 1, 0))
+        for blk in self.blocks:
+            x = blk(x, pos)
+        return self.norm(x)[:, self.num_prefix:]
+
+
+class Predictor(nn.Module):
+    """The narrow I-JEPA predictor: context tokens projected to width Dp, one shared learned mask token per
+    target position (placed there by RoPE), a few blocks, back to width D. All target blocks of an image are
+    predicted in one batched pass of B*nb sequences, which equals the official one-pass-per-block."""
+    def __init__(self, width, pred_width, depth, heads):
+        super().__init__()
+        self.embed = nn.Linear(width, pred_width)  # weight (Dp, D): SparseJEPA's latent-to-group matrix
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_width))
+        self.blocks = nn.ModuleList([Block(pred_width, heads) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(pred_width), nn.Linear(pred_width, width)
+        init_weights(self)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, z, ctx_idx, tgt_idx, grid_w):
+        """z (B, Nc, D) context tokens at ctx_idx (B, Nc); tgt_idx (B, nb, Nt) -> predictions (B, nb, Nt, D)."""
+        B, nb, Nt = tgt_idx.shape
+        x = self.embed(z).repeat_interleave(nb, 0)  # (B*nb, Nc, Dp)
+        x = torch.cat([x, self.mask_token.expand(B * nb, Nt, -1)], 1)  # (B*nb, Nc+Nt, Dp)
+        idx = torch.cat([ctx_idx.repeat_interleave(nb, 0), tgt_idx.flatten(0, 1)], 1)  # (B*nb, Nc+Nt)
+        pos = grid_pos(idx, grid_w)
+        for blk in self.blocks:
+            x = blk(x, pos)
+        return self.head(self.norm(x[:, -Nt:])).view(B, nb, Nt, -1)
+
+
+class Projector(nn.Sequential):
+    """MLP head for the multi-view methods (LeJEPA, InfoNCE): pooled D -> K."""
+    def __init__(self, width, out_dim, hidden=512):
+        super().__init__(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+
+class JEPA(nn.Module):
+    """Everything one method trains. Which parts exist depends on the method (README: methods table)."""
+    def __init__(self, cfg):
+        super().__init__()
+        m = cfg['method']
+        self.encoder = ViT(cfg['patch_size'], cfg['width'], cfg['depth'], cfg['heads'], cfg['cls_token'])
+        self.target = None  # EMA target encoder (ijepa, sparse)
+        if m in ('ijepa', 'sparse'):
+            self.target = copy.deepcopy(self.encoder).requires_grad_(False)
+        if m in ('ijepa', 'ijepa_sigreg', 'sparse'):
+            self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'])
+        if m in ('lejepa', 'infonce'):
+            self.projector = Projector(cfg['width'], cfg['proj_dim'])
+        if m == 'sparse' and cfg['kl_beta'] > 0:
+            self.logvar = nn.Linear(cfg['width'], cfg['width'])  # Gaussian head: mean = context token
+
+    def features_encoder(self):
+        """The encoder whose pooled output is the representation: the EMA target when there is one."""
+        return self.target if self.target is not None else self.encoder
+
+
+def build_model(cfg, dev):
+    torch.manual_seed(cfg['seed'])
+    return JEPA(cfg).to(dev)
+
+# ----------------------------------------------------------------------------- masking (I-JEPA multi-block)
+
+
+def multiblock_masks(batch_size, grid_h, grid_w, *, num_targets=4, generator=None, device=None,
+                     target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0)):
+    """I-JEPA multi-block masks for a batch, vectorised, with no rejection loop.
+    Returns context_idx LongTensor (B, Nc) and target_idx LongTensor (B, num_targets, Nt), row-major patch
+    indices. One target size per batch (so Nt is equal); each block's top-left corner is uniform over all valid
+    positions (the official collator never reaches the last row and column). The context is a square block
+    minus the union of the targets, cut to the batch's smallest count by a random subset (never a row-major
+    prefix, which favours the top rows)."""
+    B, H, W, L, nb = batch_size, grid_h, grid_w, grid_h * grid_w, num_targets
+    u = torch.rand(3, generator=generator, device=device).tolist()  # batch-wide target scale, aspect; context scale
+    s = target_scale[0] + (target_scale[1] - target_scale[0]) * u[0]
+    r = target_aspect[0] + (target_aspect[1] - target_aspect[0]) * u[1]
+    area = math.floor(L * s)
+    h, w = min(max(round(math.sqrt(area * r)), 1), H), min(max(round(math.sqrt(area / r)), 1), W)
+    while nb * h * w >= L and h * w > 1:  # tiny grids: leave room for context (at most H+W steps)
+        h, w = (h - 1, w) if h >= w else (h, w - 1)
+    cs = math.floor(L * (context_scale[0] + (context_scale[1] - context_scale[0]) * u[2]))
+    ch = cw = min(max(round(math.sqrt(cs)), 1), H, W)  # square context block
+    rand = torch.rand(B, 2 * nb + 2, generator=generator, device=device)  # one draw for all corners
+    top = (rand[:, :nb] * (H - h + 1)).long()  # (B, nb), uniform over 0..H-h inclusive
+    left = (rand[:, nb:2 * nb] * (W - w + 1)).long()
+    ctop = (rand[:, 2 * nb:2 * nb + 1] * (H - ch + 1)).long()  # (B, 1)
+    cleft = (rand[:, 2 * nb + 1:2 * nb + 2] * (W - cw + 1)).long()
+    ar_h, ar_w = torch.arange(H, device=device), torch.arange(W, device=device)
+    block = (ar_h[:h, None] * W + ar_w[:w]).flatten()  # (h*w,) offsets of a block's patches from its corner
+    target_idx = (top * W + left).unsqueeze(-1) + block  # (B, nb, h*w)
+
+    in_target = torch.zeros(B, L, dtype=torch.bool, device=device).scatter_(1, target_idx.flatten(1), True)
+    rows_in = (ar_h >= ctop) & (ar_h < ctop + ch)  # (B, H)
+    cols_in = (ar_w >= cleft) & (ar_w < cleft + cw)  # (B, W)
+    context = (rows_in.unsqueeze(2) & cols_in.unsqueeze(1)).flatten(1) & ~in_target  # (B, L)
+    # fall back to every non-target patch when the block is all targets; never empty, since the
+    # targets cover less than the grid (the loop above)
+    context = torch.where(context.any(1, keepdim=True), context, ~in_target)
+    n_keep = int(context.sum(1).min())
+    # a random subset of each row's context, n_keep long, without a per-row sort: walk the patches in one random
+    # priority order and keep each row's first n_keep context patches. Restricted to any context set a uniform
+    # permutation is a uniform ordering, so every image keeps a uniformly random subset.
+    order = torch.randperm(L, generator=generator, device=device)  # (L,) patches by priority
+    ctx_in_order = context[:, order]  # (B, L)
+    keep = torch.empty_like(context)
+    keep[:, order] = ctx_in_order & (ctx_in_order.cumsum(1) <= n_keep)
+    context_idx = keep.nonzero()[:, 1].view(B, n_keep)  # (B, Nc), row-major
+    return context_idx, target_idx
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def prediction_loss(pred, target):
+    """Mean smooth-L1 (beta = 1) between predicted and target features, in fp32: zero iff they are equal."""
+    return F.smooth_l1_loss(pred.float(), target.float(), beta=1.0)
+
+
+def ijepa_loss(model, img, cfg, g, step):
+    """I-JEPA (Assran et al. 2023): predict the layer-normed target-encoder features of four blocks from
+    a context block. Smooth-L1 (beta = 1), as in the official code. ijepa_sigreg: no EMA teacher, no
+    stop-gradient: the encoder itself makes the targets and SIGReg on its pooled output prevents collapse.
+    sparse: optional Gaussian head on the context tokens with a KL term (the group lasso is a prox step)."""
+    B, gw = img.shape[0], img.shape[-1] // cfg['patch_size']
+    ctx_idx, tgt_idx = multiblock_masks(B, gw, gw, generator=g, device=img.device)
+    teacher = model.target if model.target is not None else model.encoder
+    with torch.no_grad() if model.target is not None else nullcontext():
+        h_full = teacher(img)  # (B, L, D)
+    h = F.layer_norm(h_full, h_full.shape[-1:])  # layer norm without affine parameters
+    h = h.gather(1, tgt_idx.flatten(1).unsqueeze(-1).expand(-1, -1, h.shape[-1])).view(*tgt_idx.shape, -1)
+    z = model.encoder(img, ctx_idx)  # (B, Nc, D)
+    logs = {}
+    kl = 0.0
+    if hasattr(model, 'logvar'):
+        logvar = model.logvar(z)
+        kl = 0.5 * (z.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).sum(-1).mean()
+        z = z + (0.5 * logvar).exp() * torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype)
+        logs['kl'] = kl
+    pred = model.predictor(z, ctx_idx, tgt_idx, gw)  # (B, 4, Nt, D)
+    loss = prediction_loss(pred, h)
+    logs['pred'] = loss
+    if cfg['method'] == 'ijepa_sigreg':
+        lam = cfg['sigreg_weight']
+        reg = sigreg(h_full.mean(1), step, cfg['num_slices'], seed=cfg['seed'])
+        logs['sigreg'] = reg
+        loss = (1 - lam) * loss + lam * reg
+    return loss + cfg['kl_beta'] * kl, logs
+
+
+# SIGReg (LeJEPA, Balestriero & LeCun 2025): the sliced Epps-Pulley test that the embeddings are an
+# isotropic Gaussian. For each random unit direction a_m the projections y_m = Z a_m are compared to N(0, 1)
+# through the empirical characteristic function at knots t_k = k*3/(T-1), k = 0..T-1 (T = 17):
+#   T_m = N * sum_k w_k [(C_mk - phi_k)^2 + S_mk^2],  C_mk = mean_n cos(t_k y_nm),  S_mk = mean_n sin(t_k y_nm)
+# with phi_k = exp(-t_k^2/2) and trapezoid weights w_k on [-3, 3] folded by symmetry (interior 2*dt*phi_k,
+# ends dt*phi_k). This is the official code's definition (the paper's Algorithm 1 integrates over [-5, 5]).
+NUM_KNOTS = 17
+
+
+def ep_knots(num_knots=NUM_KNOTS, dtype=torch.float32, device=None):
+    """Knots t (T,), target characteristic function phi (T,) and quadrature weights w (T,)."""
+    dt = 3 / (num_knots - 1)
+    t = torch.arange(num_knots, dtype=dtype, device=device) * dt
+    phi = torch.exp(-t ** 2 / 2)
+    w = 2 * dt * phi
+    w[0], w[-1] = dt * phi[0], dt * phi[-1]
+    return t, phi, w
+
+
+class CFSums(torch.autograd.Function):
+    """Sums over the batch of cos(t_k y_nm) and sin(t_k y_nm): y (N, M) -> (M, T) each, in O(N*M) memory.
+    Forward and backward walk the batch in chunks and recompute cos/sin in backward instead of keeping
+    N x M x T tensors alive (they are 272 MB each at N = 4096, M = 1024)."""
+    @staticmethod
+    def forward(ctx, y, t):
+        ctx.save_for_backward(y, t)
+        cos_sum = y.new_zeros(y.shape[1], t.numel())
+        sin_sum = y.new_zeros(y.shape[1], t.numel())
+        for yc in _chunks(y, t.numel()):
+            ty = yc.unsqueeze(-1) * t  # (n, M, T), one chunk at a time
+            cos_sum += ty.cos().sum(0)
+            sin_sum += ty.sin().sum(0)
+        return cos_sum, sin_sum
+
+    @staticmethod
+    def backward(ctx, g_cos, g_sin):  # g_* (M, T)
+        y, t = ctx.saved_tensors
+        dy = torch.empty_like(y)
+        i = 0
+        for yc in _chunks(y, t.numel()):
+            ty = yc.unsqueeze(-1) * t  # (n, M, T)
+            dy[i:i + len(yc)] = ((ty.cos() * g_sin - ty.sin() * g_cos) * t).sum(-1)  # d/dy of cos, sin sums
+            i += len(yc)
+        return dy, None
+
+
+def _chunks(y, T, elems=1 << 22):
+    n = max(1, elems // (y.shape[1] * T))
+    return y.split(n)
+
+
+def epps_pulley(y, num_knots=NUM_KNOTS):
+    """Per-slice Epps-Pulley statistic T_m for projections y (N, M) -> (M,). Computed in fp32 (fp64 for fp64
+    input) whatever the input dtype; differentiable. Under torch.distributed the characteristic-function means
+    are all-reduced (with a gradient-carrying all-reduce), so the statistic is the global-batch one."""
+    y = y.double() if y.dtype == torch.float64 else y.float()
+    t, phi, w = ep_knots(num_knots, y.dtype, y.device)
+    n = torch.tensor(float(y.shape[0]), dtype=y.dtype, device=y.device)
+    if kernels_enabled(y):
+        from kernels.sigreg import cf_sums
+        cos_sum, sin_sum = cf_sums(y, t)  # fused Triton kernels, same sums
+    else:
+        cos_sum, sin_sum = CFSums.apply(y, t)  # (M, T) each
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        import torch.distributed.nn.functional as dist_fn  # backward all-reduces the gradient too
+        cos_sum, sin_sum = dist_fn.all_reduce(cos_sum), dist_fn.all_reduce(sin_sum)
+        n = dist_fn.all_reduce(n)
+    C, S = cos_sum / n, sin_sum / n  # (M, T) empirical characteristic function, real and imaginary parts
+    return n * (((C - phi) ** 2 + S ** 2) @ w)  # (M,)
+
+
+def sigreg(z, step, num_slices=num_slices, seed=0):
+    """SIGReg of embeddings z (N, D) or of several views (V, N, D) (mean over views): mean over M random unit
+    directions of the Epps-Pulley statistic. The directions come from a generator seeded by the step, so every
+    rank draws the same ones and a resumed run draws them again."""
+    g = torch.Generator(device=z.device).manual_seed(seed * 1_000_003 + step)
+    A = torch.randn(z.shape[-1], num_slices, generator=g, device=z.device)  # (D, M)
+    A = A / A.norm(dim=0)
+    y = z.float() @ A  # (N, M) or (V, N, M)
+    if y.dim() == 3:  # every view's slices are separate slices of its own: (N, V*M)
+        y = y.permute(1, 0, 2).flatten(1)
+    return epps_pulley(y).mean()
+
+
+def lejepa_views(x, cfg, g):
+    """V_g global views (full resolution) and V_l local views (half resolution) of a uint8 batch."""
+    img = normalize(x)
+    S = cfg['img_size']
+    views_g = [color_jitter(random_resized_crop(img, S, (0.3, 1.0), g), g) for _ in range(cfg['global_views'])]
+    local = max(cfg['patch_size'] * 4, (S // 2) // cfg['patch_size'] * cfg['patch_size'])
+    views_l = [color_jitter(random_resized_crop(img, local, (0.05, 0.3), g), g) for _ in range(cfg['local_views'])]
+    return views_g, views_l
+
+
+def embed_views(model, views):
+    """Projected, pooled embeddings of a list of same-size views -> (V, B, K)."""
+    if not views:
+        return None
+    B = views[0].shape[0]
+    z = model.projector(model.encoder(torch.cat(views)).mean(1))  # (V*B, K)
+    return z.float().view(len(views), B, -1)
+
+
+def lejepa_loss(model, x, cfg, g, step):
+    """LeJEPA: L = (1 - lambda) * mean_{v,n} ||mu_n - z_nv||^2 / K + lambda * mean_v SIGReg(z_v), where mu_n is
+    the mean of image n's global-view embeddings. No EMA, no stop-gradient, no predictor."""
+    views_g, views_l = lejepa_views(x, cfg, g)
+    z = torch.cat([v for v in (embed_views(model, views_g), embed_views(model, views_l)) if v is not None])  # (V, B, K)
+    mu = z[:cfg['global_views']].mean(0)  # (B, K)
+    inv = (mu - z).pow(2).mean()  # mean over views, images and the K coordinates
+    reg = sigreg(z, step, cfg['num_slices'], seed=cfg['seed'])
+    lam = cfg['sigreg_weight']
+    return (1 - lam) * inv + lam * reg, {'inv': inv, 'sigreg': reg}
+
+
+def info_nce(z1, z2, tau):
+    """SimCLR's NT-Xent: each embedding's positive is its other view, the 2B-2 other embeddings are negatives.
+    z1, z2 (B, K) -> scalar."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=-1)  # (2B, K)
+    sim = z @ z.T / tau  # (2B, 2B)
+    sim.fill_diagonal_(float('-inf'))  # a sample is not its own negative
+    B = z1.shape[0]
+    positive = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(z.device)
+    return F.cross_entropy(sim, positive)
+
+
+def infonce_loss(model, x, cfg, g, step):
+    """InfoNCE on two global views (ablation against SIGReg): invariance and anti-collapse in one contrastive term."""
+    img = normalize(x)
+    views = [color_jitter(random_resized_crop(img, cfg['img_size'], (0.3, 1.0), g), g) for _ in range(2)]
+    z = embed_views(model, views)  # (2, B, K)
+    loss = info_nce(z[0], z[1], cfg['tau'])
+    return loss, {'infonce': loss}
+
+
+# SparseJEPA (Hartman & Varshney 2025) group sparsity, oi-VAE style (Ainsworth et al. 2018). The paper gives no
+# code and leaves the grouping open; this grouping is our reading of it: W is the predictor's input projection
+# (Dp, D), its Dp rows split into G contiguous groups W^(g) (Dp/G, D), and the penalty is
+#   Omega(W) = sum_g sum_j ||W^(g)[:, j]||_2          (latent j's weights into group g)
+# minimised by a proximal step after each optimizer step, which gives exact zeros (W has no weight decay).
+
+def group_lasso(W, num_groups):
+    """Omega(W) for W (Dp, D) with Dp split into num_groups contiguous row groups -> scalar."""
+    return W.view(num_groups, -1, W.shape[1]).norm(dim=1).sum()
+
+
+@torch.no_grad()
+def prox_group_lasso_(W, num_groups, threshold):
+    """In place: W^(g)[:, j] <- W^(g)[:, j] * max(0, 1 - threshold / ||W^(g)[:, j]||), the prox of threshold*Omega."""
+    Wg = W.view(num_groups, -1, W.shape[1])  # (G, Dp/G, D), a view: writes go to W
+    norm = Wg.norm(dim=1, keepdim=True)  # (G, 1, D)
+    Wg.mul_((1 - threshold / norm.clamp_min(1e-30)).clamp_min(0))
+    return W
+
+
+def group_sparsity(W, num_groups):
+    """Mean number of groups each latent feeds (nonzero column blocks), in [0, G]."""
+    return (W.view(num_groups, -1, W.shape[1]).norm(dim=1) > 0).float().sum(0).mean()
+
+
+OBJECTIVES = {'ijepa': ijepa_loss, 'ijepa_sigreg': ijepa_loss, 'sparse': ijepa_loss,
+              'lejepa': lejepa_loss, 'infonce': infonce_loss}
+
+# ----------------------------------------------------------------------------- EMA and schedules
+
+
+@torch.no_grad()
+def ema_update(target, online, momentum):
+    """theta_target <- m * theta_target + (1 - m) * theta_online."""
+    for pt, po in zip(target.parameters(), online.parameters()):
+        pt.lerp_(po.detach(), 1 - momentum)
+
+
+def schedules(progress, cfg):
+    """Learning rate (linear warm-up, cosine decay), weight decay (cosine rise) and EMA momentum (linear to 1)
+    at a fraction `progress` in [0, 1] of training."""
+    p = min(max(progress, 0.0), 1.0)
+    if p < cfg['warmup']:
+        lr_now = cfg['lr'] * p / cfg['warmup']
+    else:
+        q = (p - cfg['warmup']) / (1 - cfg['warmup'])
+        lr_now = cfg['min_lr'] + (cfg['lr'] - cfg['min_lr']) * 0.5 * (1 + math.cos(math.pi * q))
+    wd = cfg['weight_decay_end'] + (cfg['weight_decay'] - cfg['weight_decay_end']) * 0.5 * (1 + math.cos(math.pi * p))
+    momentum = cfg['ema'] + (1 - cfg['ema']) * p
+    return lr_now, wd, momentum
+
+
+def make_optimizer(model, cfg):
+    """AdamW; no weight decay on biases, norms, tokens (1-D params) nor on the group-lasso matrix."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        group_lasso_w = cfg['method'] == 'sparse' and name == 'predictor.embed.weight'
+        (no_decay if p.dim() < 2 or 'token' in name or name == 'encoder.cls' or group_lasso_w else decay).append(p)
+    return torch.optim.AdamW([{'params': decay, 'weight_decay': cfg['weight_decay']},
+                              {'params': no_decay, 'weight_decay': 0.0}], lr=cfg['lr'], betas=(0.9, 0.95))
+
+# ----------------------------------------------------------------------------- training loop
+
+
+def step_generator(seed, step, dev):
+    """All randomness of one step (augmentation, masks, SIGReg noise) comes from a generator seeded by
+    (seed, step): a resumed run replays exactly the steps it would have taken."""
+    return torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step + 1)
+
+
+def epoch_order(seed, epoch, n, dev):
+    g = torch.Generator(device=dev).manual_seed(seed * 7_919 + epoch)
+    return torch.randperm(n, generator=g, device=dev)
+
+
+def save_checkpoint(path, state):
+    """Atomic: write a temp file, flush it to disk, rename over the target. A crash leaves the old file."""
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def list_checkpoints(run_dir):
+    """Epoch checkpoints of a run directory, oldest first."""
+    if not os.path.isdir(run_dir):
+        return []
+    return sorted(os.path.join(run_dir, f) for f in os.listdir(run_dir) if re.fullmatch(r'ckpt_\d+\.pt', f))
+
+
+def load_checkpoint(path):
+    """A checkpoint as a dict; UserError when the file is missing, truncated or not ours."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}): it may be truncated; "
+                        "use an older ckpt_*.pt from the same run")
+    if not isinstance(ck, dict) or not {'model', 'config', 'step'} <= set(ck):
+        raise UserError(f"{path} is not a nano-jepa checkpoint (no model/config/step entries)")
+    return ck
+
+
+def model_from_checkpoint(ck, dev='cpu'):
+    """Rebuild the JEPA a checkpoint was saved from and load its weights."""
+    cfg = {k: globals()[k] for k in CONFIG_KEYS} | ck['config']
+    model = build_model(cfg, dev)
+    try:
+        model.load_state_dict(ck['model'])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]})")
+    return model, cfg
+
+
+def truncate_log(path, step):
+    """Drop log records written after `step` (by a run that died after its last checkpoint)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+        with open(path, 'w') as f:
+            f.writelines(keep)
+
+
+def versions(dev):
+    v = {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'device': dev}
+    try:
+        import triton
+        v['triton'] = triton.__version__
+    except ImportError:
+        pass
+    if dev == 'cuda':
+        v['gpu'] = torch.cuda.get_device_name()
+    return v
+
+
+def train(cfg):
+    """Pre-train one method; returns (model, data, stats)."""
+    global triton_kernels
+    triton_kernels = cfg['triton_kernels']  # read by attention() and epps_pulley() deep inside the model
+    dev = pick_device(cfg['device'])
+    run_dir = cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}")
+    os.makedirs(run_dir, exist_ok=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev == 'cuda' else nullcontext()
+    paths = ('Triton kernels for attention and SIGReg' if kernels_enabled(torch.empty(0, device=dev))
+             else 'SDPA attention, PyTorch SIGReg' + ('' if dev == 'cuda' else ' (no CUDA)'))
+    print(f"device: {dev}, {'bf16 autocast' if dev == 'cuda' else 'fp32'}, {paths}")
+
+    data = load_data(cfg, dev)
+    n_train = data['train_x'].shape[0]
+    if n_train < cfg['batch_size']:
+        raise UserError(f"--batch_size={cfg['batch_size']} is larger than the training set ({n_train} images)")
+    steps_per_epoch = n_train // cfg['batch_size']
+    total = cfg['steps'] if cfg['steps'] > 0 else cfg['epochs'] * steps_per_epoch
+    budget = cfg['budget_minutes'] * 60
+    model = build_model(cfg, dev)
+    opt = make_optimizer(model, cfg)
+    params_m = sum(p.numel() for p in model.encoder.parameters()) / 1e6
+    print(f"data: {cfg['data']}, {n_train} train / {data['test_x'].shape[0]} test images, {len(data['classes'])} classes, "
+          f"{cfg['img_size']}px | method: {cfg['method']} | encoder {params_m:.2f}M params | "
+          + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)"))
+
+    step, elapsed, logged = 0, 0.0, []
+    if cfg['resume']:
+        ckpts = list_checkpoints(run_dir)
+        if not ckpts:
+            raise UserError(f"--resume=True but {run_dir} has no checkpoint: drop --resume or point --out_dir at a run")
+        ck = load_checkpoint(ckpts[-1])
+        model.load_state_dict(ck['model'])
+        opt.load_state_dict(ck['optimizer'])
+        step, elapsed = ck['step'], ck['elapsed']
+        truncate_log(os.path.join(run_dir, 'log.jsonl'), step)
+        print(f"resumed from {ckpts[-1]} at step {step}")
+    with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+        json.dump({'config': cfg, 'versions': versions(dev)}, f, indent=1)
+    fwd_model = torch.compile(model) if cfg['compile'] else model  # weights shared; checkpoints use `model`
+    log_file = open(os.path.join(run_dir, 'log.jsonl'), 'a')
+    objective = OBJECTIVES[cfg['method']]
+
+    def progress():
+        return elapsed / budget if budget else step / max(total, 1)
+
+    def checkpoint(epoch):
+        path = os.path.join(run_dir, f"ckpt_{step:07d}.pt")
+        save_checkpoint(path, {'model': model.state_dict(), 'optimizer': opt.state_dict(), 'config': cfg,
+                               'step': step, 'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
+
+    t_last, seen, order_epoch = time.time(), 0, -1
+    while (progress() < 1) if budget else (step < total):
+        epoch, i = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:  # a fresh permutation per epoch, seeded by it: resumable
+            order, order_epoch = epoch_order(cfg['seed'], epoch, n_train, dev), epoch
+        t0 = time.time()
+        lr_now, wd, momentum = schedules(progress(), cfg)
+        for group in opt.param_groups:
+            group['lr'] = lr_now
+            if group['weight_decay'] > 0:
+                group['weight_decay'] = wd
+        g = step_generator(cfg['seed'], step, dev)
+        x = data['train_x'][order[i * cfg['batch_size']:(i + 1) * cfg['batch_size']]]  # (B, 3, S, S) uint8
+        if cfg['method'] in ('ijepa', 'ijepa_sigreg', 'sparse'):
+            x = normalize(x)
+            x = random_resized_crop(x, cfg['img_size'], (0.3, 1.0), g)
+        with autocast:
+            loss, logs = objective(fwd_model, x, cfg, g, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cfg['method'] == 'sparse':
+            W = model.predictor.embed.weight
+            prox_group_lasso_(W, cfg['num_groups'], lr_now * cfg['group_lambda'])
+        if model.target is not None:
+            ema_update(model.target, model.encoder, momentum)
+        step += 1
+        seen += x.shape[0]
+        elapsed += time.time() - t0
+        if step % cfg['log_every'] == 0 or step == total:
+            rec = {'step': step, 'epoch': round(step / steps_per_epoch, 3), 'loss': loss.item(),
+                   **{k: float(v.detach()) if torch.is_tensor(v) else v for k, v in logs.items()}, 'lr': lr_now, 'wd': wd}
+            if not all(math.isfinite(v) for v in rec.values()):
+                bad = [k for k, v in rec.items() if not math.isfinite(v)]
+                raise UserError(f"non-finite {', '.join(bad)} at step {step}: stopping; the last good checkpoint "
+                                f"in {run_dir} is kept. Try a lower --lr")
+            if model.target is not None:
+                rec['momentum'] = momentum
+            if cfg['method'] == 'sparse':
+                W = model.predictor.embed.weight
+                rec['omega'] = group_lasso(W, cfg['num_groups']).item()
+                rec['group_sparsity'] = group_sparsity(W, cfg['num_groups']).item()
+            now = time.time()
+            rec['img_per_s'] = seen / (now - t_last)
+            t_last, seen = now, 0
+            left = (budget - elapsed) if budget else elapsed / step * (total - step)
+            rec['elapsed_s'] = elapsed
+            print(f"step {step}/{total if not budget else '?'} | " + ' | '.join(
+                f"{k} {v:.4g}" for k, v in rec.items() if k not in ("step", "elapsed_s")) + f" | eta {left / 60:.1f} min", flush=True)
+            log_file.write(json.dumps(rec) + '\n')
+            log_file.flush()
+            logged.append(rec)
+        if step % steps_per_epoch == 0:
+            checkpoint(step // steps_per_epoch)
+    if step % steps_per_epoch != 0:
+        checkpoint(step / steps_per_epoch)
+    log_file.close()
+    img_per_s = step * cfg['batch_size'] / max(elapsed, 1e-9)
+    return model, data, {'train_seconds': elapsed, 'img_per_s': img_per_s, 'params_M': params_m,
+                         'steps': step, 'run_dir': run_dir, 'final_loss': logged[-1]['loss'] if logged else float('nan')}
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarize(model, data, cfg, stats):
+    """Linear probe of the trained representation and of a random-init encoder of the same shape."""
+    out = {'method': cfg['method'], 'data': cfg['data']}
+    if cfg['probe']:
+        import probe  # probe.py: the one implementation of the evaluation protocol
+        dev = data['train_x'].device
+        random_cfg = dict(cfg, seed=cfg['seed'] + 1)
+        for name, enc in (('', model.features_encoder()), ('_random_init', build_model(random_cfg, dev).encoder)):
+            r = probe.evaluate(enc, data, linear_only=True)
+            out[f'probe_acc{name}'] = r['linear']
+    out.update({k: stats[k] for k in ('train_seconds', 'img_per_s', 'params_M', 'steps', 'final_loss')})
+    print('-' * 20 + ' summary')
+    for k, v in out.items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    with open(os.path.join(stats['run_dir'], 'summary.json'), 'w') as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def main(argv):
+    cfg = parse_args(argv)
+    model, data, stats = train(cfg)
+    return summarize(model, data, cfg, stats)
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the newest ckpt_*.pt in the run directory resumes with --resume=True", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,303 @@
+"""
+Fused attention for ViT shapes: non-causal, any sequence length, forward and backward, 2-D RoPE inside.
+
+    attention(q, k, v, pos=None) -> out        q, k, v (B, H, N, d); pos (B, N, 2) or (N, 2) grid (column, row)
+
+Why not the public kernels: the Triton tutorial's backward is causal-only and wants N % 128 == 0; FlashAttention
+is slower than SDPA below ~150 tokens. Our sequences are 64 patch tokens (8x8 grid) or a gathered subset of them,
+and every layer rotates q and k by 2-D axial RoPE first. Here the rotation happens in registers as each q/k block
+is loaded (a gathered context token just carries its grid position), and the backward rotates dq and dk back.
+
+Algorithm (FlashAttention-2): forward streams key/value blocks with an online softmax and saves the log-sum-exp
+per query; backward recomputes the probabilities from it, one kernel for dk, dv (a program per key block) and
+one for dq (a program per query block), so nothing is accumulated with atomics. For N <= 128 one block holds the
+whole sequence. fp32, fp16 and bf16 inputs; accumulation and softmax in fp32 (fp32 inputs use exact fp32 dots).
+
+RoPE (README "Math"): head dim d, channel pair m = (2m, 2m+1) rotates by phi_m = column * w_m for m < d/4 and
+row * w_(m - d/4) otherwise, w_j = theta^(-4j/d), theta = 100.
+
+Runs compiled on CUDA and, unchanged, in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1) for tests.
+`python -c "import kernels.attention as k; k.bench()"` (make bench) times it on a GPU.
+"""
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+# ----------------------------------------------------------------------------- reference
+
+
+def rope_reference(x, pos, theta=100.0):
+    """2-D axial RoPE, written pair by pair. x (B, H, N, d), pos (B, N, 2) or (N, 2) -> same shape as x."""
+    d = x.shape[-1]
+    w = theta ** (-4 * torch.arange(d // 4, dtype=torch.float64, device=x.device) / d)  # (d/4,)
+    pos = pos.to(torch.float64)
+    phi = torch.cat([pos[..., :1] * w, pos[..., 1:] * w], -1)  # (..., N, d/2)
+    if phi.dim() == 3:
+        phi = phi.unsqueeze(1)  # (B, 1, N, d/2)
+    cos, sin = phi.cos().to(x.dtype), phi.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
+
+
+def attention_reference(q, k, v, pos=None, theta=100.0):
+    """The specification: RoPE (if pos), then softmax(q k^T / sqrt(d)) v, materialising the (N, N) scores."""
+    if pos is not None:
+        q, k = rope_reference(q, pos, theta), rope_reference(k, pos, theta)
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, N, N)
+    return s.softmax(-1) @ v
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _rope(x, P, offs, mask, stride_pn, log2_theta, D: tl.constexpr, sign: tl.constexpr):
+    """Rotate rows of x [BLOCK, D] (fp32) by their RoPE angles (sign = -1 rotates back). P points at the
+    positions of this sequence: column at P + n*stride_pn, row at P + n*stride_pn + 1."""
+    col = tl.load(P + offs * stride_pn, mask=mask, other=0).to(tl.float32)
+    row = tl.load(P + offs * stride_pn + 1, mask=mask, other=0).to(tl.float32)
+    m = tl.arange(0, D // 2)  # channel pair index
+    j = tl.where(m < D // 4, m, m - D // 4).to(tl.float32)
+    w = tl.exp2(-(4.0 * j / D) * log2_theta)  # theta^(-4j/d)
+    phi = tl.where(m[None, :] < D // 4, col[:, None], row[:, None]) * w[None, :]  # [BLOCK, D/2]
+    cos, sin = tl.cos(phi), sign * tl.sin(phi)
+    x1, x2 = tl.split(tl.reshape(x, [x.shape[0], D // 2, 2]))  # even and odd channels, [BLOCK, D/2] each
+    return tl.reshape(tl.join(x1 * cos - x2 * sin, x1 * sin + x2 * cos), [x.shape[0], D])
+
+
+@triton.jit
+def _load_block(X, P, offs, mask, stride_n, stride_pn, log2_theta, D: tl.constexpr, HAS_POS: tl.constexpr):
+    """Rows offs of one (N, D) sequence as fp32, RoPE-rotated when positions are given."""
+    x = tl.load(X + offs[:, None] * stride_n + tl.arange(0, D)[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+    if HAS_POS:
+        x = _rope(x, P, offs, mask, stride_pn, log2_theta, D, 1.0)
+    return x
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, P, O, LSE, N, H, sq_b, sq_h, sq_n, so_b, so_h, so_n, sp_b, sp_n, qk_scale, log2_theta,
+              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_POS: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    Q, K, V, P = Q + b * sq_b + h * sq_h, K + b * sq_b + h * sq_h, V + b * sq_b + h * sq_h, P + b * sp_b
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    q = _load_block(Q, P, offs_m, offs_m < N, sq_n, sp_n, log2_theta, D, HAS_POS)
+    q = (q * qk_scale).to(DOT)  # softmax scale and log2(e) folded in: exp2 below
+    m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        k = _load_block(K, P, offs_n, offs_n < N, sq_n, sp_n, log2_theta, D, HAS_POS).to(DOT)
+        v = tl.load(V + offs_n[:, None] * sq_n + tl.arange(0, D)[None, :], mask=(offs_n < N)[:, None], other=0.0).to(DOT)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_M, BLOCK_N], log2 units
+        s = tl.where((offs_n < N)[None, :], s, float('-inf'))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v, input_precision=PREC)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    O = O + b * so_b + h * so_h
+    tl.store(O + offs_m[:, None] * so_n + tl.arange(0, D)[None, :], acc.to(O.dtype.element_ty), mask=(offs_m < N)[:, None])
+    tl.store(LSE + bh * N + offs_m, m_i + tl.log2(l_i), mask=offs_m < N)  # log2-sum-exp2 of the scaled scores
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, P, DO, LSE, DELTA, DK, DV, N, H, sq_b, sq_h, sq_n, sp_b, sp_n, qk_scale, sm_scale,
+                   log2_theta, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   HAS_POS: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """One program per key block: dv = P^T dO, dk = dS^T q * scale, over every query block."""
+    pid_n, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    off = b * sq_b + h * sq_h
+    Q, K, V, DO, P = Q + off, K + off, V + off, DO + off, P + b * sp_b
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    k = _load_block(K, P, offs_n, mask_n, sq_n, sp_n, log2_theta, D, HAS_POS).to(DOT)
+    v = tl.load(V + offs_n[:, None] * sq_n + tl.arange(0, D)[None, :], mask=mask_n[:, None], other=0.0).to(DOT)
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    for start in range(0, N, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < N
+        q = _load_block(Q, P, offs_m, mask_m, sq_n, sp_n, log2_theta, D, HAS_POS).to(DOT)
+        do = tl.load(DO + offs_m[:, None] * sq_n + tl.arange(0, D)[None, :], mask=mask_m[:, None], other=0.0).to(DOT)
+        lse = tl.load(LSE + bh * N + offs_m, mask=mask_m, other=0.0)
+        delta = tl.load(DELTA + bh * N + offs_m, mask=mask_m, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [BLOCK_M, BLOCK_N]
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+        dv += tl.dot(tl.trans(p.to(DOT)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])  # gradient of the (unscaled) scores
+        dk += tl.dot(tl.trans(ds.to(DOT)), q, input_precision=PREC)
+    dk = dk * sm_scale
+    if HAS_POS:  # dk was taken in the rotated basis: rotate it back
+        dk = _rope(dk, P, offs_n, mask_n, sp_n, log2_theta, D, -1.0)
+    tl.store(DK + off + offs_n[:, None] * sq_n + tl.arange(0, D)[None, :], dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
+    tl.store(DV + off + offs_n[:, None] * sq_n + tl.arange(0, D)[None, :], dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, P, DO, LSE, DELTA, DQ, N, H, sq_b, sq_h, sq_n, sp_b, sp_n, qk_scale, sm_scale,
+                 log2_theta, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HAS_POS: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """One program per query block: dq = dS k * scale, over every key block."""
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    off = b * sq_b + h * sq_h
+    Q, K, V, DO, P = Q + off, K + off, V + off, DO + off, P + b * sp_b
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < N
+    q = _load_block(Q, P, offs_m, mask_m, sq_n, sp_n, log2_theta, D, HAS_POS).to(DOT)
+    do = tl.load(DO + offs_m[:, None] * sq_n + tl.arange(0, D)[None, :], mask=mask_m[:, None], other=0.0).to(DOT)
+    lse = tl.load(LSE + bh * N + offs_m, mask=mask_m, other=0.0)
+    delta = tl.load(DELTA + bh * N + offs_m, mask=mask_m, other=0.0)
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        k = _load_block(K, P, offs_n, mask_n, sq_n, sp_n, log2_theta, D, HAS_POS).to(DOT)
+        v = tl.load(V + offs_n[:, None] * sq_n + tl.arange(0, D)[None, :], mask=mask_n[:, None], other=0.0).to(DOT)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(DOT), k, input_precision=PREC)
+    dq = dq * sm_scale
+    if HAS_POS:
+        dq = _rope(dq, P, offs_m, mask_m, sp_n, log2_theta, D, -1.0)
+    tl.store(DQ + off + offs_m[:, None] * sq_n + tl.arange(0, D)[None, :], dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
+
+# ----------------------------------------------------------------------------- autograd
+
+LOG2E = 1.4426950408889634
+
+
+def _blocks(N, D):
+    """One block holds the whole sequence up to 64 tokens (128 for small heads); longer ones loop over blocks."""
+    cap = 128 if D <= 32 else 64
+    block = min(cap, max(16, triton.next_power_of_2(N)))
+    return block, block
+
+
+INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
+
+
+def _dot_args(dtype):
+    """Operand dtype and precision of tl.dot: the input's 16-bit type on the tensor cores, exact fp32 for fp32
+    input. Triton 3.9's interpreter gets tl.dot wrong on 16-bit operands, so under it the dots run in fp32
+    (inputs, outputs and everything stored keep the 16-bit type)."""
+    if dtype == torch.float32 or INTERPRET:
+        return dict(DOT=tl.float32, PREC='ieee')
+    return dict(DOT={torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype], PREC='tf32')
+
+
+def _positions(pos, B, N, device):
+    """pos (B, N, 2) or (N, 2) -> int32 tensor and its (batch, token) strides; batch stride 0 when shared."""
+    if pos.shape[-2:] != (N, 2) or pos.dim() not in (2, 3) or (pos.dim() == 3 and pos.shape[0] != B):
+        raise ValueError(f"pos must be (B, N, 2) or (N, 2) for q of (B, H, N, d) = ({B}, ., {N}, .); got {tuple(pos.shape)}")
+    pos = pos.to(device=device, dtype=torch.int32).contiguous()
+    return pos, (pos.stride(0) if pos.dim() == 3 else 0), pos.stride(-2)
+
+
+class Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, pos, theta):
+        B, H, N, D = q.shape
+        if D not in (16, 32, 64, 128):
+            raise ValueError(f"head dim {D} not supported: use 16, 32, 64 or 128")
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        has_pos = pos is not None
+        p, sp_b, sp_n = _positions(pos, B, N, q.device) if has_pos else (q.new_zeros(1, dtype=torch.int32), 0, 0)
+        o = torch.empty_like(q)
+        lse = torch.empty(B * H, N, device=q.device, dtype=torch.float32)
+        BM, BN = _blocks(N, D)
+        sm_scale = 1 / math.sqrt(D)
+        _attn_fwd[(triton.cdiv(N, BM), B * H)](
+            q, k, v, p, o, lse, N, H, q.stride(0), q.stride(1), q.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            sp_b, sp_n, sm_scale * LOG2E, math.log2(theta),
+            D=D, BLOCK_M=BM, BLOCK_N=BN, HAS_POS=has_pos, **_dot_args(q.dtype))
+        ctx.save_for_backward(q, k, v, p, o, lse)
+        ctx.meta = (has_pos, sp_b, sp_n, theta)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, p, o, lse = ctx.saved_tensors
+        has_pos, sp_b, sp_n, theta = ctx.meta
+        B, H, N, D = q.shape
+        do = do.contiguous()
+        delta = (do.float() * o.float()).sum(-1).view(B * H, N)  # rowsum(dO * O), FlashAttention-2's D
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        BM, BN = _blocks(N, D)
+        sm_scale = 1 / math.sqrt(D)
+        args = (N, H, q.stride(0), q.stride(1), q.stride(2), sp_b, sp_n, sm_scale * LOG2E, sm_scale, math.log2(theta))
+        meta = dict(D=D, BLOCK_M=BM, BLOCK_N=BN, HAS_POS=has_pos, **_dot_args(q.dtype))
+        _attn_bwd_dkdv[(triton.cdiv(N, BN), B * H)](q, k, v, p, do, lse, delta, dk, dv, *args, **meta)
+        _attn_bwd_dq[(triton.cdiv(N, BM), B * H)](q, k, v, p, do, lse, delta, dq, *args, **meta)
+        return dq, dk, dv, None, None
+
+
+def attention(q, k, v, pos=None, theta=100.0):
+    """softmax(rope(q) rope(k)^T / sqrt(d)) v for q, k, v (B, H, N, d); RoPE only when pos is given.
+    pos: LongTensor (B, N, 2) or (N, 2) of (column, row) grid positions. Non-causal; any N; d in 16/32/64/128."""
+    return Attention.apply(q, k, v, pos, theta)
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def bench(Ns=(64, 65, 128, 256), ds=(32, 64), BH=4096, dtype=torch.bfloat16):
+    """Forward and forward+backward vs naive eager and every SDPA backend present, with RoPE applied separately
+    (for SDPA and eager) or fused (here). TFLOP/s counts 4*N^2*d per (batch, head) forward and 3.5x that for forward+backward;
+    the bandwidth share is the minimum traffic (q, k, v, o; plus gradients in backward) over measured DRAM speed."""
+    if not torch.cuda.is_available():
+        print("kernels/attention.py bench: needs a CUDA GPU (the interpreter is for correctness, not speed)")
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from triton.testing import do_bench
+    x = torch.empty(2 ** 28, dtype=torch.uint8, device='cuda')
+    copy_ms = do_bench(lambda: x.clone(), return_mode='median')
+    bw = 2 * x.numel() / copy_ms / 1e9  # TB/s: read + write
+    del x
+    backends = {'flash': SDPBackend.FLASH_ATTENTION, 'efficient': SDPBackend.EFFICIENT_ATTENTION,
+                'cudnn': SDPBackend.CUDNN_ATTENTION, 'math': SDPBackend.MATH}
+    print(f"attention bench, {torch.cuda.get_device_name()}, {dtype}, B*H = {BH}, torch {torch.__version__}, "
+          f"triton {triton.__version__}, measured copy bandwidth {bw:.2f} TB/s")
+    print(f"{'N':>4} {'d':>3} | {'impl':>22} | {'fwd ms':>7} | {'f+b ms':>7} | {'fwd TF/s':>8} | {'f+b TF/s':>8} | {'fwd %bw':>7}")
+    for N in Ns:
+        for d in ds:
+            B, H = BH // (256 // d), 256 // d
+            q, k, v = (torch.randn(B, H, N, d, device='cuda', dtype=dtype, requires_grad=True) for _ in range(3))
+            side = int(math.ceil(math.sqrt(N)))
+            idx = torch.arange(N, device='cuda')
+            pos = torch.stack([idx % side, idx // side], -1)
+            impls = {'naive eager + rope': lambda: attention_reference(q, k, v, pos),
+                     'fused (rope inside)': lambda: attention(q, k, v, pos)}
+            for name, be in backends.items():
+                def run(be=be):
+                    with sdpa_kernel(be):
+                        return F.scaled_dot_product_attention(rope_reference(q, pos), rope_reference(k, pos), v)
+                try:
+                    run().sum().backward()
+                    impls[f'sdpa {name} + rope'] = run
+                except RuntimeError:
+                    pass  # backend not available for this shape/dtype
+            flops = 4 * BH * N * N * d
+            bytes_fwd = 4 * BH * N * d * q.element_size()
+            for name, fn in impls.items():
+                fn().sum().backward()
+                fwd = do_bench(fn, return_mode='median')
+                both = do_bench(lambda: fn().backward(torch.ones_like(q)), return_mode='median', grad_to_none=[q, k, v])
+                print(f"{N:>4} {d:>3} | {name:>22} | {fwd:7.3f} | {both:7.3f} | {flops / fwd / 1e9:8.1f} | "
+                      f"{3.5 * flops / both / 1e9:8.1f} | {100 * bytes_fwd / fwd / 1e9 / bw:6.1f}%", flush=True)
+
+
+if __name__ == '__main__':
+    bench()

@@ -1,0 +1,45 @@
+import pytest
+
+import jepa
+
+
+def test_override_and_int_accepted_for_float():
+    cfg = jepa.parse_args(['--lr=1', '--epochs=3', '--compile=True', '--method=lejepa'])
+    assert cfg['lr'] == 1.0 and isinstance(cfg['lr'], float)
+    assert cfg['epochs'] == 3 and cfg['compile'] is True and cfg['method'] == 'lejepa'
+
+
+def test_required_keys_exist():
+    for key in ('data', 'data_dir', 'out_dir', 'epochs', 'steps', 'budget_minutes', 'batch_size', 'seed',
+                'resume', 'device', 'compile'):
+        assert key in jepa.CONFIG_KEYS
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(jepa.UserError, match='did you mean --batch_size'):
+        jepa.parse_args(['--batchsize=3'])
+
+
+@pytest.mark.parametrize('arg, msg', [
+    ('--epochs=two', 'expected int'),
+    ('--batch_size=-4', 'positive'),
+    ('--patch_size=5', 'does not divide'),
+    ('--heads=5', 'does not divide'),
+    ('--width=40', 'divisible by 4'),  # 40 / 4 heads = head dim 10: no room for 2-D RoPE pairs
+    ('--method=byol', 'choose one of'),
+    ('--data=imagenet', 'choose one of'),
+    ('--compile=maybe', 'expected bool'),
+    ('epochs=3', 'not of the form'),
+])
+def test_bad_values_are_rejected(arg, msg):
+    with pytest.raises(jepa.UserError, match=msg):
+        jepa.parse_args([arg])
+
+
+def test_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        jepa.parse_args(['-h'])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for key in jepa.CONFIG_KEYS:
+        assert f'--{key}=' in out, key

@@ -1,0 +1,93 @@
+"""kernels/attention.py against a float64 reference: compiled on a GPU when there is one, otherwise in Triton's
+interpreter on CPU tensors (TRITON_INTERPRET=1, set in conftest.py before triton is imported)."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import jepa
+
+triton = pytest.importorskip('triton', reason='triton is not installed (make install adds it where it installs)')
+from kernels import attention as K  # noqa: E402
+
+DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}  # relative error vs float64
+
+
+def rel_err(a, b):
+    """Relative error; reference norms below 0.1 count as 0.1, because at N = 1 the softmax is constant and dq, dk
+    are exactly zero in float64 but rounding noise (~1e-7) in fp32. Non-degenerate cases have norms >> 1."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(0.1)).item()
+
+
+def grid_positions(B, N, per_batch, seed):
+    """(column, row) positions on a grid big enough for N tokens; per batch element a random subset when
+    per_batch (like a gathered I-JEPA context), else one shared (N, 2) table."""
+    side = int(N ** 0.5) + 2
+    g = torch.Generator().manual_seed(seed)
+    if per_batch:
+        idx = torch.stack([torch.randperm(side * side, generator=g)[:N].sort().values for _ in range(B)])
+    else:
+        idx = torch.arange(N)
+    return torch.stack([idx % side, idx // side], -1)
+
+
+def check(B, H, N, d, dtype, use_pos, per_batch=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))
+    do = torch.randn(B, H, N, d, generator=g)
+    pos = grid_positions(B, N, per_batch, seed) if use_pos else None
+    ref_in = [x.to(dtype).double().requires_grad_() for x in (q, k, v)]
+    ref = K.attention_reference(*ref_in, pos)
+    ref.backward(do.double())
+    dev_in = [x.to(dtype).to(DEV).requires_grad_() for x in (q, k, v)]
+    out = K.attention(*dev_in, None if pos is None else pos.to(DEV))
+    out.backward(do.to(dtype).to(DEV))
+    assert out.dtype == dtype and out.shape == (B, H, N, d)
+    errs = [rel_err(out.cpu(), ref)] + [rel_err(a.grad.cpu(), b.grad) for a, b in zip(dev_in, ref_in)]
+    assert max(errs) < TOL[dtype], dict(zip(('out', 'dq', 'dk', 'dv'), errs))
+
+
+@pytest.mark.parametrize('N', [1, 7, 63, 64, 65, 130])
+def test_lengths_around_block_boundaries(N):
+    check(2, 2, N, 16, torch.float32, use_pos=False, seed=N)
+
+
+@pytest.mark.parametrize('d', [16, 32, 64, 128])
+def test_head_dims_with_fused_rope(d):
+    check(1, 2, 37, d, torch.float32, use_pos=True, seed=d)
+
+
+@settings(max_examples=6)
+@given(B=st.integers(1, 2), H=st.integers(1, 3), N=st.integers(1, 80), d=st.sampled_from([16, 32, 64]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), use_pos=st.booleans(), per_batch=st.booleans(),
+       seed=st.integers(0, 9999))
+def test_attention_matches_reference(B, H, N, d, dtype, use_pos, per_batch, seed):
+    check(B, H, N, d, dtype, use_pos, per_batch, seed)
+
+
+def test_long_sequences_loop_over_key_blocks():
+    check(1, 1, 300, 32, torch.float32, use_pos=True, per_batch=True, seed=3)
+
+
+def test_fused_rope_equals_rope_then_attention():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 20, 32, generator=g).to(DEV) for _ in range(3))
+    pos = grid_positions(2, 20, True, 0).to(DEV)
+    fused = K.attention(q, k, v, pos)
+    separate = K.attention(K.rope_reference(q, pos), K.rope_reference(k, pos), v)
+    torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_rope_equals_jepa_rope():
+    x = torch.randn(2, 3, 10, 16, dtype=torch.float64)
+    pos = grid_positions(2, 10, True, 1)
+    torch.testing.assert_close(K.rope_reference(x, pos), jepa.rope(x, pos))
+
+
+def test_bad_shapes_are_rejected():
+    q = torch.randn(1, 1, 4, 24, device=DEV)
+    with pytest.raises(ValueError, match='head dim'):
+        K.attention(q, q, q)
+    q = torch.randn(1, 1, 4, 16, device=DEV)
+    with pytest.raises(ValueError, match='pos must be'):
+        K.attention(q, q, q, torch.zeros(5, 2, dtype=torch.long, device=DEV))

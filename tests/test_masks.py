@@ -1,0 +1,59 @@
+"""I-JEPA multi-block masking: the invariants every batch must satisfy, on random grids from 4x4 up."""
+import torch
+from hypothesis import given, strategies as st
+
+import jepa
+
+grids = st.tuples(st.integers(4, 16), st.integers(4, 16))
+
+
+@given(grid=grids, batch=st.integers(1, 64), seed=st.integers(0, 10_000))
+def test_multiblock_masks_invariants(grid, batch, seed):
+    H, W = grid
+    g = torch.Generator().manual_seed(seed)
+    ctx, tgt = jepa.multiblock_masks(batch, H, W, generator=g)
+    assert ctx.dtype == torch.long and tgt.dtype == torch.long
+    assert ctx.shape[0] == batch and tgt.shape[:2] == (batch, 4)
+    assert ctx.shape[1] >= 1 and tgt.shape[2] >= 1           # never an empty context or target
+    assert ctx.min() >= 0 and ctx.max() < H * W and tgt.min() >= 0 and tgt.max() < H * W
+    assert (ctx.diff(dim=1) > 0).all()                       # sorted, row-major, no duplicates
+    for b in range(batch):
+        assert not set(ctx[b].tolist()) & set(tgt[b].flatten().tolist())  # context disjoint from every target
+        for k in range(4):                                   # each target is a full h x w rectangle
+            r, c = tgt[b, k] // W, tgt[b, k] % W
+            h, w = int(r.max() - r.min() + 1), int(c.max() - c.min() + 1)
+            assert h * w == tgt.shape[2] == len(set(tgt[b, k].tolist()))
+
+
+def test_targets_cover_every_row_and_column_over_many_draws():
+    H, W = 8, 8
+    g = torch.Generator().manual_seed(0)
+    seen = torch.zeros(H * W, dtype=torch.bool)
+    for _ in range(50):
+        _, tgt = jepa.multiblock_masks(64, H, W, generator=g)
+        seen[tgt.flatten()] = True
+    assert seen.all(), "the last row/column must be reachable (the official collator's off-by-one)"
+
+
+def test_context_subset_is_not_a_row_major_prefix():
+    """The equal-count cut takes a random subset: the bottom rows keep context as often as the top rows."""
+    g = torch.Generator().manual_seed(1)
+    counts = torch.zeros(8)
+    for _ in range(40):
+        ctx, _ = jepa.multiblock_masks(64, 8, 8, generator=g)
+        counts += torch.bincount((ctx // 8).flatten(), minlength=8)
+    top, bottom = counts[:2].sum(), counts[-2:].sum()
+    assert bottom > 0.6 * top, (top, bottom)
+
+
+def test_target_sizes_follow_the_scale_range():
+    g = torch.Generator().manual_seed(2)
+    sizes = [jepa.multiblock_masks(8, 14, 14, generator=g)[1].shape[2] for _ in range(200)]
+    lo, hi = min(sizes), max(sizes)
+    assert 0.10 * 196 <= lo and hi <= 0.26 * 196, (lo, hi)
+
+
+def test_masks_are_reproducible_from_the_generator():
+    a = jepa.multiblock_masks(16, 8, 8, generator=torch.Generator().manual_seed(5))
+    b = jepa.multiblock_masks(16, 8, 8, generator=torch.Generator().manual_seed(5))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -1,0 +1,77 @@
+"""The I-JEPA objective, EMA and schedules."""
+import copy
+
+import torch
+from hypothesis import given, strategies as st
+
+import jepa
+
+
+@given(shape=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 8)), seed=st.integers(0, 1000))
+def test_prediction_loss_is_zero_iff_prediction_equals_target(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(*shape, generator=g)
+    assert jepa.prediction_loss(target.clone(), target) == 0
+    other = target.clone()
+    other.view(-1)[seed % other.numel()] += 0.01 + torch.rand(1, generator=g).item()
+    assert jepa.prediction_loss(other, target) > 0
+
+
+def test_prediction_loss_is_smooth_l1():
+    p, t = torch.tensor([0.0, 0.5, 3.0]), torch.zeros(3)
+    assert jepa.prediction_loss(p, t).item() == (0 + 0.5 * 0.25 + 2.5) / 3
+
+
+def _two_encoders():
+    torch.manual_seed(0)
+    a = jepa.ViT(4, 16, 1, 1)
+    b = copy.deepcopy(a)
+    for p in b.parameters():
+        p.data.normal_()
+    return a, b
+
+
+def test_ema_at_momentum_one_keeps_the_target():
+    target, online = _two_encoders()
+    before = [p.clone() for p in target.parameters()]
+    jepa.ema_update(target, online, 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))
+
+
+def test_ema_at_momentum_zero_copies_the_online_encoder():
+    target, online = _two_encoders()
+    jepa.ema_update(target, online, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(target.parameters(), online.parameters()))
+
+
+def test_ema_is_the_convex_combination():
+    target, online = _two_encoders()
+    t0 = [p.clone() for p in target.parameters()]
+    jepa.ema_update(target, online, 0.9)
+    for a, t, o in zip(target.parameters(), t0, online.parameters()):
+        torch.testing.assert_close(a, 0.9 * t + 0.1 * o)
+
+
+def test_schedule_endpoints():
+    cfg = jepa.parse_args([])
+    lr0, wd0, m0 = jepa.schedules(0.0, cfg)
+    lr_peak, _, _ = jepa.schedules(cfg['warmup'], cfg)
+    lr1, wd1, m1 = jepa.schedules(1.0, cfg)
+    assert lr0 == 0 and abs(lr_peak - cfg['lr']) < 1e-12 and abs(lr1 - cfg['min_lr']) < 1e-12
+    assert abs(wd0 - cfg['weight_decay']) < 1e-12 and abs(wd1 - cfg['weight_decay_end']) < 1e-12
+    assert abs(m0 - 0.996) < 1e-12 and m1 == 1.0
+    lrs = [jepa.schedules(p / 100, cfg)[0] for p in range(101)]
+    peak = lrs.index(max(lrs))
+    assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))   # warm-up rises
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))     # cosine falls
+
+
+def test_no_weight_decay_on_biases_norms_and_tokens():
+    cfg = jepa.parse_args(['--cls_token=True'])
+    model = jepa.build_model(cfg, 'cpu')
+    opt = jepa.make_optimizer(model, cfg)
+    decay, no_decay = ({id(p) for p in g['params']} for g in opt.param_groups)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() >= 2 for i, p in ((i, dict(model.named_parameters())[names[i]]) for i in decay))
+    assert {'predictor.mask_token', 'encoder.cls'} <= {names[i] for i in no_decay}
+    assert not any(n.startswith('target.') for n in map(names.get, decay | no_decay))
