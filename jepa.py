@@ -59,7 +59,7 @@ min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
-ema = 0.996               # EMA momentum at the start; rises linearly to 1.0 (ijepa, sparse)
+ema = 0.99                # EMA momentum at the start, rising linearly to 1 (ijepa, sparse); official 0.996 is for ~1e5 steps
 # regularisers
 sigreg_weight = 0.05      # lambda in (1-lambda)*prediction_or_invariance + lambda*SIGReg (lejepa, ijepa_sigreg)
 num_slices = 256          # M random directions per SIGReg evaluation
@@ -311,7 +311,7 @@ def _cifar_member_reader(root):
         tar = tarfile.open(root)
         members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"{root} is not a readable tar archive ({e}); delete it and download again")
+        raise UserError(f"{root} is truncated or not a tar archive ({e}); delete it and download again")
 
     def read(name):
         if name not in members:
@@ -557,6 +557,8 @@ def attention(q, k, v, pos):
 
 
 class Attention(nn.Module):
+    keep_weights = False  # analyze.py sets this to read the attention maps (self.weights, (B, H, N, N))
+
     def __init__(self, dim, heads):
         super().__init__()
         self.heads = heads
@@ -565,6 +567,8 @@ class Attention(nn.Module):
     def forward(self, x, pos):  # x (B, N, D)
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
+        if self.keep_weights:
+            self.weights = (rope(q, pos) @ rope(k, pos).transpose(-1, -2) / math.sqrt(D // self.heads)).softmax(-1)
         x = attention(q, k, v, pos)  # (B, H, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
@@ -666,6 +670,11 @@ class JEPA(nn.Module):
             self.projector = Projector(cfg['width'], cfg['proj_dim'])
         if m == 'sparse' and cfg['kl_beta'] > 0:
             self.logvar = nn.Linear(cfg['width'], cfg['width'])  # Gaussian head: mean = context token
+        self.cfg = cfg
+
+    def forward(self, x, g, step):
+        """One training step's loss for a uint8 batch x (B, 3, S, S) -> (loss, dict of logged terms)."""
+        return OBJECTIVES[self.cfg['method']](self, x, self.cfg, g, step)
 
     def features_encoder(self):
         """The encoder whose pooled output is the representation: the EMA target when there is one."""
@@ -737,6 +746,7 @@ def ijepa_loss(model, img, cfg, g, step):
     a context block. Smooth-L1 (beta = 1), as in the official code. ijepa_sigreg: no EMA teacher, no
     stop-gradient: the encoder itself makes the targets and SIGReg on its pooled output prevents collapse.
     sparse: optional Gaussian head on the context tokens with a KL term (the group lasso is a prox step)."""
+    img = random_resized_crop(normalize(img), cfg['img_size'], (0.3, 1.0), g)  # (B, 3, S, S) float
     B, gw = img.shape[0], img.shape[-1] // cfg['patch_size']
     ctx_idx, tgt_idx = multiblock_masks(B, gw, gw, generator=g, device=img.device)
     teacher = model.target if model.target is not None else model.encoder
@@ -839,9 +849,10 @@ def sigreg(z, step, num_slices=num_slices, seed=0):
     directions of the Epps-Pulley statistic. The directions come from a generator seeded by the step, so every
     rank draws the same ones and a resumed run draws them again."""
     g = torch.Generator(device=z.device).manual_seed(seed * 1_000_003 + step)
-    A = torch.randn(z.shape[-1], num_slices, generator=g, device=z.device)  # (D, M)
+    dt = torch.promote_types(z.dtype, torch.float32)  # fp32, or fp64 for fp64 embeddings
+    A = torch.randn(z.shape[-1], num_slices, generator=g, device=z.device, dtype=dt)  # (D, M)
     A = A / A.norm(dim=0)
-    y = z.float() @ A  # (N, M) or (V, N, M)
+    y = z.to(dt) @ A  # (N, M) or (V, N, M)
     if y.dim() == 3:  # every view's slices are separate slices of its own: (N, V*M)
         y = y.permute(1, 0, 2).flatten(1)
     return epps_pulley(y).mean()
@@ -964,15 +975,33 @@ def make_optimizer(model, cfg):
 # ----------------------------------------------------------------------------- training loop
 
 
-def step_generator(seed, step, dev):
+def step_generator(seed, step, dev, rank=0):
     """All randomness of one step (augmentation, masks, SIGReg noise) comes from a generator seeded by
-    (seed, step): a resumed run replays exactly the steps it would have taken."""
-    return torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step + 1)
+    (seed, step, rank): a resumed run replays exactly the steps it would have taken."""
+    return torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step + 1 + rank * 7_777_777)
 
 
 def epoch_order(seed, epoch, n, dev):
     g = torch.Generator(device=dev).manual_seed(seed * 7_919 + epoch)
     return torch.randperm(n, generator=g, device=dev)
+
+
+def setup_distributed(cfg):
+    """(rank, world size, device). Under `torchrun` (RANK in the environment) join the process group: NCCL on
+    GPUs, gloo on CPUs; each rank takes batch_size / world images of every batch."""
+    if 'RANK' not in os.environ:
+        return 0, 1, pick_device(cfg['device'])
+    import torch.distributed as dist
+    dev = pick_device(cfg['device'])
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if dev == 'cuda' else 'gloo')
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if cfg['batch_size'] % world:
+        raise UserError(f"--batch_size={cfg['batch_size']} is not divisible by the {world} processes")
+    if dev == 'cuda':
+        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(dev)
+    return rank, world, dev
 
 
 def save_checkpoint(path, state):
@@ -1039,58 +1068,74 @@ def versions(dev):
 
 
 def train(cfg):
-    """Pre-train one method; returns (model, data, stats)."""
+    """Pre-train one method; returns (model, data, stats). Only rank 0 logs and writes checkpoints."""
     global triton_kernels
     triton_kernels = cfg['triton_kernels']  # read by attention() and epps_pulley() deep inside the model
-    dev = pick_device(cfg['device'])
+    rank, world, dev = setup_distributed(cfg)
+    main_rank = rank == 0
+    say = print if main_rank else (lambda *a, **k: None)
     run_dir = cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}")
     os.makedirs(run_dir, exist_ok=True)
+    for f in os.listdir(run_dir) if main_rank else []:  # half-written checkpoints of a killed run
+        if f.endswith('.pt.tmp'):
+            os.remove(os.path.join(run_dir, f))
     torch.backends.cuda.matmul.allow_tf32 = True
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev == 'cuda' else nullcontext()
+    on_cuda = dev.startswith('cuda')
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if on_cuda else nullcontext()
     paths = ('Triton kernels for attention and SIGReg' if kernels_enabled(torch.empty(0, device=dev))
-             else 'SDPA attention, PyTorch SIGReg' + ('' if dev == 'cuda' else ' (no CUDA)'))
-    print(f"device: {dev}, {'bf16 autocast' if dev == 'cuda' else 'fp32'}, {paths}")
+             else 'SDPA attention, PyTorch SIGReg' + ('' if on_cuda else ' (no CUDA)'))
+    say(f"device: {dev}" + (f" x {world} processes" if world > 1 else '') +
+        f", {'bf16 autocast' if on_cuda else 'fp32'}, {paths}")
 
     data = load_data(cfg, dev)
-    n_train = data['train_x'].shape[0]
-    if n_train < cfg['batch_size']:
-        raise UserError(f"--batch_size={cfg['batch_size']} is larger than the training set ({n_train} images)")
-    steps_per_epoch = n_train // cfg['batch_size']
+    n_train, B = data['train_x'].shape[0], cfg['batch_size']
+    if n_train < B:
+        raise UserError(f"--batch_size={B} is larger than the training set ({n_train} images)")
+    steps_per_epoch = n_train // B
     total = cfg['steps'] if cfg['steps'] > 0 else cfg['epochs'] * steps_per_epoch
     budget = cfg['budget_minutes'] * 60
     model = build_model(cfg, dev)
     opt = make_optimizer(model, cfg)
     params_m = sum(p.numel() for p in model.encoder.parameters()) / 1e6
-    print(f"data: {cfg['data']}, {n_train} train / {data['test_x'].shape[0]} test images, {len(data['classes'])} classes, "
-          f"{cfg['img_size']}px | method: {cfg['method']} | encoder {params_m:.2f}M params | "
-          + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)"))
+    say(f"data: {cfg['data']}, {n_train} train / {data['test_x'].shape[0]} test images, {len(data['classes'])} "
+        f"classes, {cfg['img_size']}px | method: {cfg['method']} | encoder {params_m:.2f}M params | "
+        + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)"))
 
-    step, elapsed, logged = 0, 0.0, []
+    step, elapsed = 0, 0.0
     if cfg['resume']:
         ckpts = list_checkpoints(run_dir)
         if not ckpts:
             raise UserError(f"--resume=True but {run_dir} has no checkpoint: drop --resume or point --out_dir at a run")
         ck = load_checkpoint(ckpts[-1])
+        check_compatible(ck['config'], cfg, ckpts[-1])
         model.load_state_dict(ck['model'])
         opt.load_state_dict(ck['optimizer'])
         step, elapsed = ck['step'], ck['elapsed']
-        truncate_log(os.path.join(run_dir, 'log.jsonl'), step)
-        print(f"resumed from {ckpts[-1]} at step {step}")
-    with open(os.path.join(run_dir, 'config.json'), 'w') as f:
-        json.dump({'config': cfg, 'versions': versions(dev)}, f, indent=1)
-    fwd_model = torch.compile(model) if cfg['compile'] else model  # weights shared; checkpoints use `model`
-    log_file = open(os.path.join(run_dir, 'log.jsonl'), 'a')
-    objective = OBJECTIVES[cfg['method']]
+        if main_rank:
+            truncate_log(os.path.join(run_dir, 'log.jsonl'), step)
+        say(f"resumed from {ckpts[-1]} at step {step}")
+    if main_rank:
+        with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+            json.dump({'config': cfg, 'versions': versions(dev), 'world_size': world}, f, indent=1)
+    step_model = model  # what the loop calls; `model` (uncompiled, unwrapped) is what checkpoints save
+    if world > 1:
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if on_cuda else None)
+    if cfg['compile']:
+        step_model = torch.compile(step_model)
+    log_file = open(os.path.join(run_dir, 'log.jsonl'), 'a') if main_rank else None
+    guard = NonFiniteGuard(dev)
 
     def progress():
         return elapsed / budget if budget else step / max(total, 1)
 
     def checkpoint(epoch):
-        path = os.path.join(run_dir, f"ckpt_{step:07d}.pt")
-        save_checkpoint(path, {'model': model.state_dict(), 'optimizer': opt.state_dict(), 'config': cfg,
-                               'step': step, 'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
+        guard.check(step, run_dir)  # never save weights that came from a non-finite step
+        if main_rank:
+            save_checkpoint(os.path.join(run_dir, f"ckpt_{step:07d}.pt"), {
+                'model': model.state_dict(), 'optimizer': opt.state_dict(), 'config': cfg, 'step': step,
+                'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
 
-    t_last, seen, order_epoch = time.time(), 0, -1
+    t_last, seen, order_epoch, last = time.time(), 0, -1, {}
     while (progress() < 1) if budget else (step < total):
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # a fresh permutation per epoch, seeded by it: resumable
@@ -1101,55 +1146,85 @@ def train(cfg):
             group['lr'] = lr_now
             if group['weight_decay'] > 0:
                 group['weight_decay'] = wd
-        g = step_generator(cfg['seed'], step, dev)
-        x = data['train_x'][order[i * cfg['batch_size']:(i + 1) * cfg['batch_size']]]  # (B, 3, S, S) uint8
-        if cfg['method'] in ('ijepa', 'ijepa_sigreg', 'sparse'):
-            x = normalize(x)
-            x = random_resized_crop(x, cfg['img_size'], (0.3, 1.0), g)
+        local = order[i * B + rank * B // world:i * B + (rank + 1) * B // world]  # this rank's share
+        x = data['train_x'][local]  # (B / world, 3, S, S) uint8
         with autocast:
-            loss, logs = objective(fwd_model, x, cfg, g, step)
+            loss, logs = step_model(x, step_generator(cfg['seed'], step, dev, rank), step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float('inf'))  # measures, does not clip
+        guard.record(step + 1, {'loss': loss, **logs, 'grad_norm': grad_norm})
         opt.step()
         if cfg['method'] == 'sparse':
-            W = model.predictor.embed.weight
-            prox_group_lasso_(W, cfg['num_groups'], lr_now * cfg['group_lambda'])
+            prox_group_lasso_(model.predictor.embed.weight, cfg['num_groups'], lr_now * cfg['group_lambda'])
         if model.target is not None:
             ema_update(model.target, model.encoder, momentum)
         step += 1
-        seen += x.shape[0]
+        seen += B
         elapsed += time.time() - t0
         if step % cfg['log_every'] == 0 or step == total:
-            rec = {'step': step, 'epoch': round(step / steps_per_epoch, 3), 'loss': loss.item(),
-                   **{k: float(v.detach()) if torch.is_tensor(v) else v for k, v in logs.items()}, 'lr': lr_now, 'wd': wd}
-            if not all(math.isfinite(v) for v in rec.values()):
-                bad = [k for k, v in rec.items() if not math.isfinite(v)]
-                raise UserError(f"non-finite {', '.join(bad)} at step {step}: stopping; the last good checkpoint "
-                                f"in {run_dir} is kept. Try a lower --lr")
+            guard.check(step, run_dir)
+            last = {'step': step, 'epoch': round(step / steps_per_epoch, 3), 'loss': loss.item(),
+                    **{k: float(v.detach()) for k, v in logs.items()}, 'grad_norm': float(grad_norm), 'lr': lr_now, 'wd': wd}
             if model.target is not None:
-                rec['momentum'] = momentum
+                last['momentum'] = momentum
             if cfg['method'] == 'sparse':
                 W = model.predictor.embed.weight
-                rec['omega'] = group_lasso(W, cfg['num_groups']).item()
-                rec['group_sparsity'] = group_sparsity(W, cfg['num_groups']).item()
+                last['omega'] = group_lasso(W, cfg['num_groups']).item()
+                last['group_sparsity'] = group_sparsity(W, cfg['num_groups']).item()
             now = time.time()
-            rec['img_per_s'] = seen / (now - t_last)
+            last['img_per_s'] = seen / (now - t_last)
             t_last, seen = now, 0
             left = (budget - elapsed) if budget else elapsed / step * (total - step)
-            rec['elapsed_s'] = elapsed
-            print(f"step {step}/{total if not budget else '?'} | " + ' | '.join(
-                f"{k} {v:.4g}" for k, v in rec.items() if k not in ("step", "elapsed_s")) + f" | eta {left / 60:.1f} min", flush=True)
-            log_file.write(json.dumps(rec) + '\n')
-            log_file.flush()
-            logged.append(rec)
+            last['elapsed_s'] = elapsed
+            say(f"step {step}/{total if not budget else '?'} | " + ' | '.join(
+                f"{k} {v:.4g}" for k, v in last.items() if k not in ('step', 'elapsed_s')) +
+                f" | eta {left / 60:.1f} min", flush=True)
+            if main_rank:
+                log_file.write(json.dumps(last) + '\n')
+                log_file.flush()
         if step % steps_per_epoch == 0:
             checkpoint(step // steps_per_epoch)
     if step % steps_per_epoch != 0:
         checkpoint(step / steps_per_epoch)
-    log_file.close()
-    img_per_s = step * cfg['batch_size'] / max(elapsed, 1e-9)
-    return model, data, {'train_seconds': elapsed, 'img_per_s': img_per_s, 'params_M': params_m,
-                         'steps': step, 'run_dir': run_dir, 'final_loss': logged[-1]['loss'] if logged else float('nan')}
+    if main_rank:
+        log_file.close()
+    return model, data, {'train_seconds': elapsed, 'img_per_s': step * B / max(elapsed, 1e-9), 'params_M': params_m,
+                         'steps': step, 'run_dir': run_dir, 'final_loss': last.get('loss', float('nan')),
+                         'rank': rank}
+
+
+class NonFiniteGuard:
+    """Remembers the first step whose loss, a loss term or the gradient norm was NaN/inf, without a CPU-GPU sync
+    per step; check() (at log lines and before checkpoints) stops the run naming that step and term."""
+    def __init__(self, dev):
+        self.first_step = torch.zeros((), dtype=torch.long, device=dev)  # 0: none yet
+        self.names, self.bad = [], None
+
+    def record(self, step, terms):
+        bad = torch.stack([~torch.isfinite(torch.as_tensor(v).detach().float()).all() for v in terms.values()])
+        new = (self.first_step == 0) & bad.any()
+        self.first_step = torch.where(new, step, self.first_step)
+        self.bad = bad if self.bad is None else torch.where(new, bad, self.bad)
+        self.names = list(terms)
+
+    def check(self, step, run_dir):
+        first = int(self.first_step)
+        if first:
+            terms = [n for n, b in zip(self.names, self.bad.tolist()) if b]
+            raise UserError(f"non-finite {', '.join(terms)} at step {first}: stopped before step {step} was saved; "
+                            f"the last good checkpoint in {run_dir} is kept. Try a lower --lr or --triton_kernels=False")
+
+
+def check_compatible(saved, cfg, path):
+    """Resuming needs the same model and method; anything else (epochs, lr, ...) may change."""
+    keys = ('method', 'patch_size', 'width', 'depth', 'heads', 'cls_token', 'pred_width', 'pred_depth',
+            'pred_heads', 'proj_dim', 'num_groups', 'img_size')
+    diff = [f"{k}={saved.get(k)} (now {cfg[k]})" for k in keys if saved.get(k) != cfg[k]]
+    if diff or (saved.get('kl_beta', 0) > 0) != (cfg['kl_beta'] > 0):
+        raise UserError(f"{path} was trained with {', '.join(diff) or 'another kl_beta'}: resume with the same "
+                        "settings or use another --out_dir")
+
 
 # ----------------------------------------------------------------------------- summary
 
@@ -1175,16 +1250,26 @@ def summarize(model, data, cfg, stats):
 
 def main(argv):
     cfg = parse_args(argv)
-    model, data, stats = train(cfg)
-    return summarize(model, data, cfg, stats)
+    try:
+        model, data, stats = train(cfg)
+        return summarize(model, data, cfg, stats) if stats['rank'] == 0 else None
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def cli(main_fn, argv):
+    """Run a command-line entry point: bad input is one `error:` line on stderr and exit code 2, never a traceback."""
+    try:
+        main_fn(argv)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the newest ckpt_*.pt in the run directory resumes with --resume=True", file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':
-    try:
-        main(sys.argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("\ninterrupted: the newest ckpt_*.pt in the run directory resumes with --resume=True", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(cli(main, sys.argv[1:]))

@@ -58,7 +58,7 @@ def test_cifar_truncated_archive_is_a_clear_error(tmp_path):
     write_cifar_tar(tar)
     blob = tar.read_bytes()
     tar.write_bytes(blob[:len(blob) // 2])
-    with pytest.raises(jepa.UserError, match='corrupt|truncated|not a readable'):
+    with pytest.raises(jepa.UserError, match='truncated'):
         jepa.load_cifar(cfg_for(data='cifar10', data_dir=str(tar)))
 
 

@@ -59,7 +59,8 @@ def test_schedule_endpoints():
     lr1, wd1, m1 = jepa.schedules(1.0, cfg)
     assert lr0 == 0 and abs(lr_peak - cfg['lr']) < 1e-12 and abs(lr1 - cfg['min_lr']) < 1e-12
     assert abs(wd0 - cfg['weight_decay']) < 1e-12 and abs(wd1 - cfg['weight_decay_end']) < 1e-12
-    assert abs(m0 - 0.996) < 1e-12 and m1 == 1.0
+    assert abs(m0 - cfg['ema']) < 1e-12 and m1 == 1.0
+    assert jepa.schedules(0.0, dict(cfg, ema=0.996))[2] == 0.996  # the official I-JEPA start
     lrs = [jepa.schedules(p / 100, cfg)[0] for p in range(101)]
     peak = lrs.index(max(lrs))
     assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))   # warm-up rises

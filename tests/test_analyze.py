@@ -1,0 +1,140 @@
+"""analyze.py: every metric on inputs with known answers, and a self-contained report from a tiny run."""
+import json
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import analyze
+import jepa
+import probe
+
+
+@given(D=st.integers(2, 64), N=st.integers(1, 20), seed=st.integers(0, 999))
+def test_one_hot_rows_are_maximally_sparse(D, N, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.zeros(N, D)
+    z[torch.arange(N), torch.randint(D, (N,), generator=g)] = torch.rand(N, generator=g) + 0.5
+    m = analyze.embedding_metrics(z)
+    assert abs(m['hoyer'] - 1) < 1e-9 and abs(m['gini'] - (1 - 1 / D)) < 1e-9
+    assert abs(m['l0_fraction'] - 1 / D) < 1e-9 and abs(m['activation_ratio'] - 1 / D) < 1e-9
+
+
+@given(D=st.integers(2, 64), N=st.integers(1, 20), seed=st.integers(0, 999))
+def test_constant_magnitudes_are_not_sparse(D, N, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.where(torch.rand(N, D, generator=g) < 0.5, -1.0, 1.0) * 3
+    m = analyze.embedding_metrics(z)
+    assert abs(m['hoyer']) < 1e-9 and abs(m['gini']) < 1e-9
+    assert m['l0_fraction'] == 1 and m['activation_ratio'] == 1 and abs(m['l1_l2_fraction'] - 1) < 1e-9
+
+
+def test_effective_rank_of_identity_like_and_low_rank_data():
+    D = 32
+    assert abs(analyze.embedding_metrics(torch.eye(D))['effective_rank'] - D) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    iso = torch.randn(20000, D, generator=g)
+    assert analyze.effective_rank(iso) > 0.95 * D
+    for r in (1, 3, 7):
+        low = torch.randn(500, r, generator=g, dtype=torch.float64) @ torch.randn(r, D, generator=g, dtype=torch.float64)
+        assert analyze.effective_rank(low) <= r + 1e-6
+        m = analyze.embedding_metrics(low)
+        assert m['pca_var_10'] > 1 - 1e-9
+
+
+def test_dead_units_and_pca_variance():
+    z = torch.randn(100, 8, generator=torch.Generator().manual_seed(1))
+    z[:, [2, 5]] = 0.7
+    m = analyze.embedding_metrics(z)
+    assert m['dead_units'] == 2
+    assert 0 < m['pca_var_10'] <= 1 and m['pca_var_50'] == pytest.approx(1.0)
+
+
+def silhouette_direct(z, y):
+    """The textbook silhouette, loop by loop, cosine distance."""
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    d = 1 - zn @ zn.T
+    s = []
+    for i in range(len(z)):
+        own = [j for j in range(len(z)) if y[j] == y[i] and j != i]
+        if not own:
+            s.append(0.0)
+            continue
+        a = d[i, own].mean()
+        b = min(d[i, y == c].mean() for c in set(y.tolist()) if c != y[i])
+        s.append((b - a) / max(a, b))
+    return float(np.mean(s))
+
+
+@settings(max_examples=10)
+@given(n=st.integers(4, 40), C=st.integers(2, 4), seed=st.integers(0, 999))
+def test_silhouette_and_precision_match_direct_formulas(n, C, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(C, (n,), generator=g)
+    y[:C] = torch.arange(C)
+    m = analyze.embedding_metrics(z, y)
+    assert abs(m['silhouette'] - silhouette_direct(z.numpy(), y.numpy())) < 1e-9
+    assert m['nn_precision_at_5'] == probe.nn_precision_at_k(z, y, k=5)
+
+
+def test_well_separated_clusters_have_high_silhouette():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(4) * 10
+    y = torch.arange(4).repeat_interleave(30)
+    z = centres[y] + 0.1 * torch.randn(120, 4, generator=g)
+    m = analyze.embedding_metrics(z, y)
+    assert m['silhouette'] > 0.9 and m['nn_precision_at_5'] == 1.0
+
+
+def test_attention_metrics_on_known_maps():
+    N = 8
+    uniform = torch.full((2, 2, N, N), 1 / N)
+    m = analyze.attention_metrics(uniform)
+    assert all(abs(e - math.log(N)) < 1e-9 for e in m['entropy'])
+    assert all(abs(w - 1 / N) < 1e-9 for w in m['max_weight']) and all(s == 0 for s in m['sparsity'])
+    assert abs(m['head_diversity']) < 1e-9
+    one_hot = torch.eye(N).expand(1, 2, N, N).clone()
+    one_hot[0, 1] = one_hot[0, 1].roll(1, dims=1)  # the two heads look at different tokens
+    m = analyze.attention_metrics(one_hot)
+    assert all(abs(e) < 1e-9 for e in m['entropy']) and all(w == 1 for w in m['max_weight'])
+    assert all(abs(s - (N - 1) / N) < 1e-9 for s in m['sparsity']) and abs(m['head_diversity'] - 1) < 1e-9
+
+
+def test_tsne_separates_clusters():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat_interleave(40)
+    x = torch.eye(3)[y] * 8 + torch.randn(120, 3, generator=g)
+    Y = analyze.tsne(x, iters=300)
+    assert Y.shape == (120, 2) and torch.isfinite(Y).all()
+    assert probe.knn_accuracy(Y[::2], y[::2], Y[1::2], y[1::2], k=5) > 0.95
+
+
+def test_report_from_a_tiny_run_is_self_contained(tiny_args, tmp_path):
+    jepa.main(tiny_args + ['--epochs=2', '--probe=False', '--method=sparse', '--cls_token=True'])
+    run_dir = [a.split('=', 1)[1] for a in tiny_args if a.startswith('--out_dir')][0]
+    np.savez(tmp_path / 'other.npz', embeddings=np.random.default_rng(0).normal(size=(300, 7)),
+             labels=np.arange(300) % 3)
+    rows = analyze.main([f'--run={run_dir}', '--samples=300', '--images=3', f'--compare={tmp_path / "other.npz"}'])
+    assert len(rows) == 2 and {'teacher', 'student', 'attention', 'group_sparsity'} <= set(rows[0])
+    page = open(os.path.join(run_dir, 'report.html')).read()
+    metrics = json.load(open(os.path.join(run_dir, 'metrics.json')))
+    assert len(metrics['checkpoints']) == 2 and metrics['compare'][1]['set'] == 'other.npz'
+    assert '<script' not in page.lower()
+    sources = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
+    assert sources and all(s.startswith('data:image/png;base64,') for s in sources), sources[:3]
+    assert not re.search(r'url\(|@import|https?://(?!www\.w3\.org/2000/svg)', page)
+    for section in ('Training curves', 'teacher', 'student', 'Group sparsity', 'Attention', 'Patch features',
+                    't-SNE', 'Class-centroid', 'RoPE extrapolation', 'Comparison'):
+        assert section in page, section
+
+
+@pytest.mark.parametrize('argv, msg', [([], 'required'), (['--run=/nonexistent'], 'not a directory'),
+                                       (['--runn=x'], 'did you mean --run')])
+def test_analyze_cli_errors(argv, msg, capsys):
+    assert jepa.cli(analyze.main, argv) == 2
+    assert msg in capsys.readouterr().err
