@@ -19,5 +19,6 @@ test: install-test
 	$(PYTHON) -m pytest -q tests
 
 bench: install
+	$(PYTHON) tests/bench_masks.py
 	$(PYTHON) -c "import kernels.sigreg as k; k.bench()"
 	$(PYTHON) -c "import kernels.attention as k; k.bench()"

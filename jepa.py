@@ -25,6 +25,7 @@ import tarfile
 import time
 import urllib.request
 import zipfile
+import zlib
 from contextlib import nullcontext
 
 import numpy as np
@@ -285,54 +286,27 @@ def load_cifar(cfg, url=None, md5=None):
         if not os.path.exists(archive):
             download(url or canon_url, archive, md5)
         root = archive
-    read = _cifar_member_reader(root)
+    src = FileSource(root)
+    member = {os.path.basename(n): n for n in src.names}  # the batches sit in a sub-folder of the archive
+
+    def unpickle(f):
+        if f not in member:
+            raise UserError(f"{root} has no member {f!r}: is it the CIFAR python-version archive or folder?")
+        try:
+            return pickle.loads(src.read(member[f]), encoding='bytes')
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"{f} in {root} does not unpickle ({type(e).__name__}): the archive is corrupt")
     key = b'fine_labels' if name == 'cifar100' else b'labels'
     files = (['train'], ['test']) if name == 'cifar100' else ([f'data_batch_{i}' for i in range(1, 6)], ['test_batch'])
     out = {}
     for split, names in zip(('train', 'test'), files):
-        batches = [_unpickle(read(f), root) for f in names]
+        batches = [unpickle(f) for f in names]
         out[split + '_x'] = torch.from_numpy(np.concatenate([b[b'data'] for b in batches]).reshape(-1, 3, 32, 32))
         out[split + '_y'] = torch.tensor(sum((list(b[key]) for b in batches), []))
-    meta = _unpickle(read('meta' if name == 'cifar100' else 'batches.meta'), root)
-    out['classes'] = [c.decode() for c in meta[b'fine_label_names' if name == 'cifar100' else b'label_names']]
+    out['classes'] = [c.decode() for c in unpickle(meta)[b'fine_label_names' if name == 'cifar100' else b'label_names']]
     return out
-
-
-def _cifar_member_reader(root):
-    """A function name -> bytes over a CIFAR folder or a .tar.gz of it."""
-    if os.path.isdir(root):
-        def read(name):
-            path = os.path.join(root, name)
-            if not os.path.exists(path):
-                raise UserError(f"{path} is missing: --data_dir should hold the extracted CIFAR python batches")
-            return open(path, 'rb').read()
-        return read
-    try:
-        tar = tarfile.open(root)
-        members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"{root} is truncated or not a tar archive ({e}); delete it and download again")
-
-    def read(name):
-        if name not in members:
-            raise UserError(f"{root} has no member {name!r}: is it the CIFAR python-version archive?")
-        try:
-            return tar.extractfile(members[name]).read()
-        except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
-            raise UserError(f"{root} is truncated or corrupt ({e}); delete it and download again")
-    return read
-
-
-def zlib_error():
-    import zlib
-    return zlib.error
-
-
-def _unpickle(blob, where):
-    try:
-        return pickle.loads(blob, encoding='bytes')
-    except Exception as e:
-        raise UserError(f"a CIFAR batch in {where} does not unpickle ({type(e).__name__}); the archive is corrupt")
 
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -351,25 +325,36 @@ def decode_image(blob, size, where):
 
 
 class FileSource:
-    """Uniform read access to a folder or a .zip: list of relative paths, and bytes of a path."""
+    """Uniform read access to a folder, a .zip or a tar archive: relative paths, and the bytes of one."""
     def __init__(self, path):
         if not os.path.exists(path):
             raise UserError(f"--data_dir={path} does not exist")
-        self.path, self.zip = path, None
-        if os.path.isfile(path):
-            try:
+        self.path, self.zip, self.tar = path, None, None
+        try:
+            if os.path.isdir(path):
+                self.names = [os.path.relpath(os.path.join(d, f), path).replace(os.sep, '/')
+                              for d, _, fs in os.walk(path) for f in fs]
+            elif zipfile.is_zipfile(path):
                 self.zip = zipfile.ZipFile(path)
                 self.names = [n for n in self.zip.namelist() if not n.endswith('/')]
-            except (zipfile.BadZipFile, OSError) as e:
-                raise UserError(f"{path} is not a readable zip archive ({e}): pass the folder or a complete .zip")
-        else:
-            self.names = [os.path.relpath(os.path.join(d, f), path).replace(os.sep, '/')
-                          for d, _, fs in os.walk(path) for f in fs]
+            elif path.endswith(('.tar', '.tar.gz', '.tgz')):
+                self.tar = tarfile.open(path)
+                self.members = {m.name: m for m in self.tar.getmembers() if m.isfile()}
+                self.names = list(self.members)
+            else:
+                raise UserError(f"{path} is not a readable zip archive: pass the folder, a complete .zip or a .tar.gz")
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise UserError(f"{path} is truncated or not a valid archive ({e}); download it again or pass the folder")
 
     def read(self, name):
         try:
-            return self.zip.read(name) if self.zip else open(os.path.join(self.path, name), 'rb').read()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            if self.zip:
+                return self.zip.read(name)
+            if self.tar:
+                return self.tar.extractfile(self.members[name]).read()
+            with open(os.path.join(self.path, name), 'rb') as f:
+                return f.read()
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
             raise UserError(f"{self.path}: cannot read {name} ({e}); the archive is truncated or corrupt")
 
 
@@ -427,13 +412,10 @@ def load_folder(cfg):
         raise UserError(f"{cfg['data_dir']}: images must sit in class sub-folders (root/<class>/<image>)")
     classes = sorted({c for items in splits.values() for _, c in items})
     if not has_splits:  # every 10th image of each class goes to the test split
-        per_class = {}
-        for n, c in splits['all']:
-            per_class.setdefault(c, []).append((n, c))
-        splits = {'train': [], 'val': []}
-        for items in per_class.values():
-            for i, item in enumerate(items):
-                splits['val' if i % 10 == 9 else 'train'].append(item)
+        count = {}
+        for n, c in splits.pop('all'):
+            count[c] = count.get(c, 0) + 1
+            splits.setdefault('val' if count[c] % 10 == 0 else 'train', []).append((n, c))
     out = {'classes': classes}
     for split, key in (('train', 'train'), ('val', 'test')):
         items = splits.get(split, [])
@@ -1062,7 +1044,7 @@ def versions(dev):
         v['triton'] = triton.__version__
     except ImportError:
         pass
-    if dev == 'cuda':
+    if dev.startswith('cuda'):
         v['gpu'] = torch.cuda.get_device_name()
     return v
 
@@ -1117,11 +1099,13 @@ def train(cfg):
     if main_rank:
         with open(os.path.join(run_dir, 'config.json'), 'w') as f:
             json.dump({'config': cfg, 'versions': versions(dev), 'world_size': world}, f, indent=1)
-    step_model = model  # what the loop calls; `model` (uncompiled, unwrapped) is what checkpoints save
+    step_model = model  # what the loop calls; `model` (unwrapped) is what checkpoints save
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if on_cuda else None)
-    if cfg['compile']:
-        step_model = torch.compile(step_model)
+    if cfg['compile']:  # the networks only: masks and augmentation stay eager; lengths vary, so dynamic shapes
+        for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
+            if net is not None:
+                net.compile(dynamic=True)  # in place: state_dict keys stay as they are
     log_file = open(os.path.join(run_dir, 'log.jsonl'), 'a') if main_rank else None
     guard = NonFiniteGuard(dev)
 
