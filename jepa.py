@@ -1057,10 +1057,6 @@ def train(cfg):
     main_rank = rank == 0
     say = print if main_rank else (lambda *a, **k: None)
     run_dir = cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}")
-    os.makedirs(run_dir, exist_ok=True)
-    for f in os.listdir(run_dir) if main_rank else []:  # half-written checkpoints of a killed run
-        if f.endswith('.pt.tmp'):
-            os.remove(os.path.join(run_dir, f))
     torch.backends.cuda.matmul.allow_tf32 = True
     on_cuda = dev.startswith('cuda')
     autocast = torch.autocast('cuda', dtype=torch.bfloat16) if on_cuda else nullcontext()
@@ -1070,6 +1066,10 @@ def train(cfg):
         f", {'bf16 autocast' if on_cuda else 'fp32'}, {paths}")
 
     data = load_data(cfg, dev)
+    os.makedirs(run_dir, exist_ok=True)  # only now: bad data leaves no empty run directory behind
+    for f in os.listdir(run_dir) if main_rank else []:  # half-written checkpoints of a killed run
+        if f.endswith('.pt.tmp'):
+            os.remove(os.path.join(run_dir, f))
     n_train, B = data['train_x'].shape[0], cfg['batch_size']
     if n_train < B:
         raise UserError(f"--batch_size={B} is larger than the training set ({n_train} images)")

@@ -262,10 +262,8 @@ def bench(Ns=(64, 65, 128, 256), ds=(32, 64), BH=4096, dtype=torch.bfloat16):
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from triton.testing import do_bench
-    x = torch.empty(2 ** 28, dtype=torch.uint8, device='cuda')
-    copy_ms = do_bench(lambda: x.clone(), return_mode='median')
-    bw = 2 * x.numel() / copy_ms / 1e9  # TB/s: read + write
-    del x
+    buf = torch.empty(2 ** 28, dtype=torch.uint8, device='cuda')
+    bw = 2 * buf.numel() / do_bench(lambda: buf.clone(), return_mode='median') / 1e9  # TB/s, read + write
     backends = {'flash': SDPBackend.FLASH_ATTENTION, 'efficient': SDPBackend.EFFICIENT_ATTENTION,
                 'cudnn': SDPBackend.CUDNN_ATTENTION, 'math': SDPBackend.MATH}
     print(f"attention bench, {torch.cuda.get_device_name()}, {dtype}, B*H = {BH}, torch {torch.__version__}, "

@@ -17,8 +17,6 @@ the sums can be all-reduced across ranks in between (jepa.epps_pulley does that)
 Runs compiled on CUDA and, unchanged, in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1), which is
 how CI tests it. `python -c "import kernels.sigreg as k; k.bench()"` (make bench) times it on a GPU.
 """
-import math
-
 import torch
 import triton
 import triton.language as tl

@@ -178,6 +178,7 @@ def test_device_that_is_not_there(capsys):
     ('jepa.py', ['--data=folder', '--data_dir=/nonexistent'], 'does not exist'),
     ('probe.py', ['--ckpt=/nonexistent.pt'], 'does not exist'),
 ])
-def test_real_command_line_prints_one_line_and_exits_2(script, argv, match):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, script)] + argv, capture_output=True, text=True, cwd=ROOT)
+def test_real_command_line_prints_one_line_and_exits_2(script, argv, match, tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script)] + argv, capture_output=True, text=True, cwd=tmp_path)
     assert_clean_error(r.returncode, r.stderr, match)
+    assert not os.path.exists(tmp_path / 'runs'), "a failed start must not leave a run directory"

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -62,7 +61,7 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
     r = subprocess.run(base[:-2] + ['--epochs=100000', f'--steps={last + 6}', f'--out_dir={run_dir}', '--resume=True'],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    assert f'resumed from' in r.stdout and jepa.load_checkpoint(jepa.list_checkpoints(str(run_dir))[-1])['step'] == last + 6
+    assert 'resumed from' in r.stdout and jepa.load_checkpoint(jepa.list_checkpoints(str(run_dir))[-1])['step'] == last + 6
 
 
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_checkpoint(tmp_path, capsys):
