@@ -20,12 +20,13 @@ Runs compiled on CUDA and, unchanged, in Triton's interpreter on CPU tensors (TR
 `python -c "import kernels.attention as k; k.bench()"` (make bench) times it on a GPU.
 """
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from kernels import run_or_fall_back, sincos, vjp, INTERPRET
 
 # ----------------------------------------------------------------------------- reference
 
@@ -63,7 +64,8 @@ def _rope(x, P, offs, mask, stride_pn, log2_theta, D: tl.constexpr, sign: tl.con
     j = tl.where(m < D // 4, m, m - D // 4).to(tl.float32)
     w = tl.exp2(-(4.0 * j / D) * log2_theta)  # theta^(-4j/d)
     phi = tl.where(m[None, :] < D // 4, col[:, None], row[:, None]) * w[None, :]  # [BLOCK, D/2]
-    cos, sin = tl.cos(phi), sign * tl.sin(phi)
+    sin, cos = sincos(phi)
+    sin = sign * sin
     x1, x2 = tl.split(tl.reshape(x, [x.shape[0], D // 2, 2]))  # even and odd channels, [BLOCK, D/2] each
     return tl.reshape(tl.join(x1 * cos - x2 * sin, x1 * sin + x2 * cos), [x.shape[0], D])
 
@@ -77,7 +79,7 @@ def _load_block(X, P, offs, mask, stride_n, stride_pn, log2_theta, D: tl.constex
     return x
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'sp_b'])  # one compile for every sequence length
 def _attn_fwd(Q, K, V, P, O, LSE, N, H, sq_b, sq_h, sq_n, so_b, so_h, so_n, sp_b, sp_n, qk_scale, log2_theta,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_POS: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
@@ -107,7 +109,7 @@ def _attn_fwd(Q, K, V, P, O, LSE, N, H, sq_b, sq_h, sq_n, so_b, so_h, so_n, sp_b
     tl.store(LSE + bh * N + offs_m, m_i + tl.log2(l_i), mask=offs_m < N)  # log2-sum-exp2 of the scaled scores
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'sp_b'])  # one compile for every sequence length
 def _attn_bwd_dkdv(Q, K, V, P, DO, LSE, DELTA, DK, DV, N, H, sq_b, sq_h, sq_n, sp_b, sp_n, qk_scale, sm_scale,
                    log2_theta, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    HAS_POS: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -143,7 +145,7 @@ def _attn_bwd_dkdv(Q, K, V, P, DO, LSE, DELTA, DK, DV, N, H, sq_b, sq_h, sq_n, s
     tl.store(DV + off + offs_n[:, None] * sq_n + tl.arange(0, D)[None, :], dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'sp_b'])  # one compile for every sequence length
 def _attn_bwd_dq(Q, K, V, P, DO, LSE, DELTA, DQ, N, H, sq_b, sq_h, sq_n, sp_b, sp_n, qk_scale, sm_scale,
                  log2_theta, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HAS_POS: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
@@ -180,14 +182,26 @@ def _attn_bwd_dq(Q, K, V, P, DO, LSE, DELTA, DQ, N, H, sq_b, sq_h, sq_n, sp_b, s
 LOG2E = 1.4426950408889634
 
 
-def _blocks(N, D):
-    """One block holds the whole sequence up to 64 tokens (128 for small heads); longer ones loop over blocks."""
-    cap = 128 if D <= 32 else 64
+# Launch parameters per head dim d, read off kernels/compile_check.py (registers, spills and shared memory of
+# every launch compiled for sm_80 and sm_90): the largest block of tokens a program holds and its warps.
+# One block holds a sequence up to that size; longer ones loop over blocks. The backward keeps more tiles
+# live (q, k, v, dO, dq or dk and dv), so its blocks are smaller or its warps more; fp32 tiles are twice the
+# bytes, so fp32 halves the blocks.
+LAUNCH = {  # d: (forward block, forward warps, backward block, backward warps)
+    16: (128, 4, 64, 4),
+    32: (64, 4, 64, 4),
+    64: (64, 4, 32, 4),
+    128: (64, 8, 32, 8),
+}
+
+
+def _launch(N, D, dtype, backward):
+    """dict(BLOCK_M, BLOCK_N, num_warps) for a sequence of N tokens of head dim D."""
+    f_block, f_warps, b_block, b_warps = LAUNCH[D]
+    cap, warps = (b_block, b_warps) if backward else (f_block, f_warps)
+    cap //= 2 if dtype == torch.float32 else 1
     block = min(cap, max(16, triton.next_power_of_2(N)))
-    return block, block
-
-
-INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
+    return dict(BLOCK_M=block, BLOCK_N=block, num_warps=warps)
 
 
 def _dot_args(dtype):
@@ -209,46 +223,65 @@ def _positions(pos, B, N, device):
 
 class Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, pos, theta):
+    def forward(ctx, q, k, v, pos, theta, fallback):
         B, H, N, D = q.shape
-        if D not in (16, 32, 64, 128):
-            raise ValueError(f"head dim {D} not supported: use 16, 32, 64 or 128")
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         has_pos = pos is not None
         p, sp_b, sp_n = _positions(pos, B, N, q.device) if has_pos else (q.new_zeros(1, dtype=torch.int32), 0, 0)
         o = torch.empty_like(q)
         lse = torch.empty(B * H, N, device=q.device, dtype=torch.float32)
-        BM, BN = _blocks(N, D)
+        meta = _launch(N, D, q.dtype, backward=False)
         sm_scale = 1 / math.sqrt(D)
-        _attn_fwd[(triton.cdiv(N, BM), B * H)](
+        _attn_fwd[(triton.cdiv(N, meta['BLOCK_M']), B * H)](
             q, k, v, p, o, lse, N, H, q.stride(0), q.stride(1), q.stride(2), o.stride(0), o.stride(1), o.stride(2),
-            sp_b, sp_n, sm_scale * LOG2E, math.log2(theta),
-            D=D, BLOCK_M=BM, BLOCK_N=BN, HAS_POS=has_pos, **_dot_args(q.dtype))
+            sp_b, sp_n, sm_scale * LOG2E, math.log2(theta), D=D, HAS_POS=has_pos, **meta, **_dot_args(q.dtype))
         ctx.save_for_backward(q, k, v, p, o, lse)
         ctx.meta = (has_pos, sp_b, sp_n, theta)
+        ctx.fallback = fallback
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, p, o, lse = ctx.saved_tensors
-        has_pos, sp_b, sp_n, theta = ctx.meta
-        B, H, N, D = q.shape
         do = do.contiguous()
-        delta = (do.float() * o.float()).sum(-1).view(B * H, N)  # rowsum(dO * O), FlashAttention-2's D
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        BM, BN = _blocks(N, D)
-        sm_scale = 1 / math.sqrt(D)
-        args = (N, H, q.stride(0), q.stride(1), q.stride(2), sp_b, sp_n, sm_scale * LOG2E, sm_scale, math.log2(theta))
-        meta = dict(D=D, BLOCK_M=BM, BLOCK_N=BN, HAS_POS=has_pos, **_dot_args(q.dtype))
-        _attn_bwd_dkdv[(triton.cdiv(N, BN), B * H)](q, k, v, p, do, lse, delta, dk, dv, *args, **meta)
-        _attn_bwd_dq[(triton.cdiv(N, BM), B * H)](q, k, v, p, do, lse, delta, dq, *args, **meta)
-        return dq, dk, dv, None, None
+        config = f"backward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}"
+        grads = run_or_fall_back('attention', config, lambda: _backward(q, k, v, p, o, lse, do, *ctx.meta),
+                                 lambda: vjp(ctx.fallback, (q, k, v), do))
+        return (*grads, None, None, None)
 
 
-def attention(q, k, v, pos=None, theta=100.0):
+def _backward(q, k, v, p, o, lse, do, has_pos, sp_b, sp_n, theta):
+    """dq, dk, dv through the two backward kernels."""
+    B, H, N, D = q.shape
+    delta = (do.float() * o.float()).sum(-1).view(B * H, N)  # rowsum(dO * O), FlashAttention-2's D
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    meta = dict(D=D, HAS_POS=has_pos, **_launch(N, D, q.dtype, backward=True), **_dot_args(q.dtype))
+    sm_scale = 1 / math.sqrt(D)
+    args = (N, H, q.stride(0), q.stride(1), q.stride(2), sp_b, sp_n, sm_scale * LOG2E, sm_scale, math.log2(theta))
+    _attn_bwd_dkdv[(triton.cdiv(N, meta['BLOCK_N']), B * H)](q, k, v, p, do, lse, delta, dk, dv, *args, **meta)
+    _attn_bwd_dq[(triton.cdiv(N, meta['BLOCK_M']), B * H)](q, k, v, p, do, lse, delta, dq, *args, **meta)
+    return dq, dk, dv
+
+
+def attention_sdpa(q, k, v, pos=None, theta=100.0):
+    """The PyTorch path the kernel falls back to: RoPE (if pos), then PyTorch's scaled_dot_product_attention."""
+    if pos is not None:
+        q, k = rope_reference(q, pos, theta), rope_reference(k, pos, theta)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def attention(q, k, v, pos=None, theta=100.0, fallback=None):
     """softmax(rope(q) rope(k)^T / sqrt(d)) v for q, k, v (B, H, N, d); RoPE only when pos is given.
-    pos: LongTensor (B, N, 2) or (N, 2) of (column, row) grid positions. Non-causal; any N; d in 16/32/64/128."""
-    return Attention.apply(q, k, v, pos, theta)
+    pos: LongTensor (B, N, 2) or (N, 2) of (column, row) grid positions. Non-causal; any N; d in 16/32/64/128.
+    fallback(q, k, v): the same in PyTorch (default attention_sdpa); if a kernel fails to compile or launch on
+    this GPU, a warning is printed and the fallback computes this call and every later one."""
+    B, H, N, D = q.shape
+    if D not in LAUNCH:
+        raise ValueError(f"head dim {D} not supported: use {', '.join(map(str, LAUNCH))}")
+    fallback = fallback or (lambda q, k, v: attention_sdpa(q, k, v, pos, theta))
+    config = f"forward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}, {'RoPE' if pos is not None else 'no RoPE'}"
+    return run_or_fall_back('attention', config, lambda: Attention.apply(q, k, v, pos, theta, fallback),
+                            lambda: fallback(q, k, v))
 
 # ----------------------------------------------------------------------------- benchmark
 

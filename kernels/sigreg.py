@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import run_or_fall_back, sincos, vjp
+
 # ----------------------------------------------------------------------------- reference
 
 
@@ -64,7 +66,7 @@ def _cf_sums_fwd(Y, PART_C, PART_S, N, M, stride_n, rows_per_split, dt,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask = (offs_n[:, None] < n_end) & (offs_m[None, :] < M)
         y = tl.load(Y + offs_n[:, None] * stride_n + offs_m[None, :], mask=mask, other=0.0).to(tl.float32)
-        c1, s1 = tl.cos(y * dt), tl.sin(y * dt)  # the one sincos: knot 1
+        s1, c1 = sincos(y * dt)  # the one sincos: knot 1
         c = tl.where(mask, 1.0, 0.0)  # knot 0: cos 0 = 1 on real rows, 0 on padding (and stays 0)
         s = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         for k in tl.static_range(T):
@@ -84,7 +86,7 @@ def _cf_sums_bwd(Y, GC, GS, DY, N, M, stride_n, dt,
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask = (offs_n[:, None] < N) & (offs_m[None, :] < M)
     y = tl.load(Y + offs_n[:, None] * stride_n + offs_m[None, :], mask=mask, other=0.0).to(tl.float32)
-    c1, s1 = tl.cos(y * dt), tl.sin(y * dt)
+    s1, c1 = sincos(y * dt)
     c = tl.full([BLOCK_N, BLOCK_M], 1.0, dtype=tl.float32)
     s = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     dy = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -118,7 +120,7 @@ def _check_knots(t):
 
 class CFSums(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, t):
+    def forward(ctx, y, t, fallback):
         y = y.contiguous()
         N, M = y.shape
         T, dt = _check_knots(t)
@@ -129,25 +131,35 @@ class CFSums(torch.autograd.Function):
         grid = (triton.cdiv(M, BLOCK_M), splits)
         _cf_sums_fwd[grid](y, part_c, part_s, N, M, y.stride(0), rows, dt,
                            T=T, T_PAD=triton.next_power_of_2(T), BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M)
-        ctx.save_for_backward(y)
-        ctx.T, ctx.dt = T, dt
+        ctx.save_for_backward(y, t)
+        ctx.T, ctx.dt, ctx.fallback = T, dt, fallback
         return part_c.sum(0), part_s.sum(0)  # fixed-order reduction of the partial sums: deterministic
 
     @staticmethod
     def backward(ctx, g_cos, g_sin):
-        (y,) = ctx.saved_tensors
-        N, M = y.shape
-        dy = torch.empty(N, M, device=y.device, dtype=torch.float32)
-        grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(M, BLOCK_M))
-        _cf_sums_bwd[grid](y, g_cos.float().contiguous(), g_sin.float().contiguous(), dy, N, M, y.stride(0), ctx.dt,
-                           T=ctx.T, BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M)
-        return dy.to(y.dtype), None
+        y, t = ctx.saved_tensors
+        config = f"backward, {y.dtype}, (N, M) = {tuple(y.shape)}"
+        (dy,) = run_or_fall_back('sigreg', config, lambda: (_backward(y, g_cos, g_sin, ctx.T, ctx.dt),),
+                                 lambda: vjp(lambda y: ctx.fallback(y, t), (y,), (g_cos, g_sin)))
+        return dy, None, None
 
 
-def cf_sums(y, t):
+def _backward(y, g_cos, g_sin, T, dt):
+    N, M = y.shape
+    dy = torch.empty(N, M, device=y.device, dtype=torch.float32)
+    grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(M, BLOCK_M))
+    _cf_sums_bwd[grid](y, g_cos.float().contiguous(), g_sin.float().contiguous(), dy, N, M, y.stride(0), dt,
+                       T=T, BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M)
+    return dy.to(y.dtype)
+
+
+def cf_sums(y, t, fallback=cf_sums_reference):
     """Sums over the batch of cos(t_k y) and sin(t_k y): y (N, M) any float dtype, t (T,) evenly spaced from 0
-    -> (M, T) fp32 each; differentiable in y. Partial sums of row shards add up to the full-batch sums."""
-    return CFSums.apply(y, t)
+    -> (M, T) fp32 each; differentiable in y. Partial sums of row shards add up to the full-batch sums.
+    fallback(y, t): the same in PyTorch; if a kernel fails to compile or launch on this GPU, a warning is printed
+    and the fallback computes this call and every later one."""
+    config = f"forward, {y.dtype}, (N, M) = {tuple(y.shape)}"
+    return run_or_fall_back('sigreg', config, lambda: CFSums.apply(y, t, fallback), lambda: fallback(y, t))
 
 
 def epps_pulley(y, num_knots=17):

@@ -1,0 +1,192 @@
+"""
+What the GPU compiler makes of our kernels, seen from a machine without a GPU.
+
+    python -m kernels.compile_check            # the table: every launch, for sm_80 (A100) and sm_90 (H100)
+    python -m kernels.compile_check --check    # the same, and exit 1 if a rule below is broken (a test runs this)
+
+The kernel APIs (kernels.attention.attention forward + backward, kernels.sigreg.cf_sums forward + backward) are
+called on small CPU tensors of every dtype and shape in GRID, with each Triton kernel swapped for a recorder, so
+the launches listed are exactly the ones the APIs make (grid, block sizes, num_warps, argument specialisation).
+Each distinct launch is then compiled by Triton's own compiler for a GPUTarget -- no GPU or driver needed -- and
+its cubin read by the cuobjdump that ships inside the triton wheel: registers per thread, STACK and LOCAL bytes
+(register spills go there) and shared memory per block.
+
+Rules (--check): every launch compiles for both targets; shared memory fits the card's per-block limit for
+every dtype; no spill bytes (STACK + LOCAL = 0) for fp16/bf16 attention and for the SIGReg kernels. fp32
+attention may spill: it is the exact-fp32 path (tests, the CPU interpreter), not what training runs on a GPU
+(bf16 autocast).
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+if os.environ.get('TRITON_INTERPRET') == '1':  # the interpreter replaces @triton.jit: nothing to compile
+    sys.exit("kernels/compile_check.py compiles real kernels: run it without TRITON_INTERPRET=1")
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
+from kernels import attention as attention_mod, sigreg as sigreg_mod
+
+TARGETS = {'sm_80': 80, 'sm_90': 90}
+SHARED_LIMIT = {'sm_80': 166_912, 'sm_90': 232_448}  # bytes per block with opt-in (A100, H100)
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')
+
+# What training launches: ViT heads of d = 16..128 (README seeds: d = 32 predictor, 32 and 64 encoders), full
+# grids of 64 and 256 tokens, gathered contexts and predictor sequences of any length in between; SIGReg on
+# batches up to 4096 with up to 1024 slices.
+GRID = {
+    'attention': dict(dtype=(torch.bfloat16, torch.float16, torch.float32), d=(16, 32, 64, 128),
+                      N=(20, 50, 64, 65, 130, 256), pos=('none', 'shared', 'batch')),
+    'sigreg': dict(dtype=(torch.float32, torch.bfloat16), NM=((64, 32), (512, 256), (4096, 1024))),
+}
+
+
+class Recorder:
+    """Stands in for a @triton.jit kernel: `kernel[grid](*args, **meta)` is written down instead of run."""
+    def __init__(self, fn, log, config):
+        self.fn, self.log, self.config = fn, log, config
+
+    def __getitem__(self, grid):
+        # a tensor argument matters to the compiler only by its dtype (and 16-byte alignment): keep a stand-in
+        light = lambda a: torch.empty(16, dtype=a.dtype) if torch.is_tensor(a) else a
+        return lambda *args, **meta: self.log.append((self.fn, self.config(), [light(a) for a in args], meta))
+
+
+def record(module, call, config):
+    """The launches `call()` makes through the kernels of `module`, as (kernel, config, args, meta)."""
+    log = []
+    jitted = {name: fn for name, fn in vars(module).items() if isinstance(fn, JITFunction)}
+    for name, fn in jitted.items():
+        setattr(module, name, Recorder(fn, log, config))
+    try:
+        call()
+    finally:
+        for name, fn in jitted.items():
+            setattr(module, name, fn)
+    return log
+
+
+def attention_launches():
+    g = GRID['attention']
+    for dtype in g['dtype']:
+        for d in g['d']:
+            for N in g['N']:
+                for pos_kind in g['pos']:
+                    B, H = 2, 2
+                    q, k, v = (torch.zeros(B, H, N, d, dtype=dtype, requires_grad=True) for _ in range(3))
+                    idx = torch.arange(N)
+                    pos = {'none': None, 'shared': torch.stack([idx % 16, idx // 16], -1),
+                           'batch': torch.stack([idx % 16, idx // 16], -1).expand(B, N, 2)}[pos_kind]
+
+                    def call():
+                        attention_mod.attention(q, k, v, pos).backward(torch.zeros(B, H, N, d, dtype=dtype))
+                    yield from record(attention_mod, call, lambda: f"{str(dtype)[6:]} d={d} N={N} pos={pos_kind}")
+
+
+def sigreg_launches():
+    for dtype in GRID['sigreg']['dtype']:
+        for N, M in GRID['sigreg']['NM']:
+            y = torch.zeros(N, M, dtype=dtype, requires_grad=True)
+
+            def call():
+                sigreg_mod.epps_pulley(y).sum().backward()
+            yield from record(sigreg_mod, call, lambda: f"{str(dtype)[6:]} N={N} M={M}")
+
+
+def compile_one(job):
+    """Compile one recorded launch for one target; -> a table row (dict). Runs in a worker process."""
+    fn_name, config, args, meta, target_name = job
+    module_name, name = fn_name.rsplit('.', 1)
+    fn = getattr(sys.modules[module_name], name)
+    target = GPUTarget('cuda', TARGETS[target_name], 32)
+    backend, kwargs, bound, spec, options = specialization(fn, args, meta, target)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
+    row = dict(kernel=fn.__name__, config=config, target=target_name,
+               meta=' '.join(f"{k}={v}" for k, v in meta.items() if k not in ('DOT', 'PREC')))
+    t0 = time.time()
+    try:
+        compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+    except Exception as e:  # a compile error is a result to report, not a crash of the report
+        return dict(row, error=f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}")
+    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
+        f.write(compiled.asm['cubin'])
+        f.flush()
+        usage = subprocess.run([CUOBJDUMP, '--dump-resource-usage', f.name], capture_output=True, text=True).stdout
+    res = dict(re.findall(r'(REG|STACK|SHARED|LOCAL):(\d+)', usage.split('Function')[-1]))
+    return dict(row, error='', regs=int(res['REG']), spill=int(res['STACK']) + int(res['LOCAL']),
+                shared=compiled.metadata.shared + int(res['SHARED']), warps=compiled.metadata.num_warps,
+                seconds=time.time() - t0)
+
+
+def specialization(fn, args, meta, target=GPUTarget('cuda', 90, 32)):
+    """What Triton keys its compile cache on: argument types, constexprs and alignment/divisibility hints."""
+    backend = make_backend(target)
+    kwargs = dict(meta, debug=False, instrumentation_mode='', fpsan_homomorphic_casts=False)
+    bound, spec, options = create_function_from_signature(fn.signature, fn.params, backend)(*args, **kwargs)
+    return backend, kwargs, bound, spec, options
+
+
+def launches():
+    """Every distinct launch of both APIs over GRID (as Triton's cache tells them apart), named by the first
+    configuration that makes it."""
+    seen = {}
+    for fn, config, args, meta in list(attention_launches()) + list(sigreg_launches()):
+        spec = specialization(fn, args, meta)[3]
+        seen.setdefault((fn.__name__, str(spec), str(sorted(meta.items(), key=str))), (fn, config, args, meta))
+    return list(seen.values())
+
+
+def must_not_spill(row):
+    return row['kernel'].startswith('_cf_sums') or 'float32' not in row['config']
+
+
+def violations(row):
+    if row['error']:
+        return [f"does not compile: {row['error']}"]
+    out = []
+    if row['shared'] > SHARED_LIMIT[row['target']]:
+        out.append(f"shared memory {row['shared']} B > {SHARED_LIMIT[row['target']]} B per block")
+    if row['spill'] and must_not_spill(row):
+        out.append(f"spills {row['spill']} B per thread")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip())
+    ap.add_argument('--check', action='store_true', help='exit 1 if any launch breaks a rule (see the module docstring)')
+    ap.add_argument('--jobs', type=int, default=os.cpu_count(), help='compiler processes (default: all cores)')
+    a = ap.parse_args(argv)
+    jobs = [(f"{fn.__module__}.{fn.__name__}", config, args, meta, t) for fn, config, args, meta in launches() for t in TARGETS]
+    print(f"compiling {len(jobs)} launches ({len(jobs) // len(TARGETS)} x {', '.join(TARGETS)}) with triton "
+          f"{triton.__version__}, {a.jobs} processes", flush=True)
+    t0 = time.time()
+    with ProcessPoolExecutor(a.jobs) as pool:
+        rows = list(pool.map(compile_one, jobs))
+    print(f"{'kernel':<15} {'first configuration':<32} {'target':<6} {'launch':<44} {'regs':>4} {'spill B':>7} "
+          f"{'shared B':>8}  problems")
+    bad = 0
+    for r in sorted(rows, key=lambda r: (r['kernel'], r['config'], r['target'])):
+        problems = violations(r)
+        bad += bool(problems)
+        nums = (f"{r['regs']:>4} {r['spill']:>7} {r['shared']:>8}" if not r['error'] else f"{'-':>4} {'-':>7} {'-':>8}")
+        print(f"{r['kernel']:<15} {r['config']:<32} {r['target']:<6} {r['meta']:<44} {nums}  {'; '.join(problems)}")
+    ok = [r for r in rows if not r['error']]
+    print(f"\n{len(rows)} compiles in {time.time() - t0:.0f} s: {len(rows) - len(ok)} failed, "
+          f"{sum(r['spill'] > 0 for r in ok)} spill (largest {max((r['spill'] for r in ok), default=0)} B, "
+          f"{sum(r['spill'] > 0 for r in ok if must_not_spill(r))} of them 16-bit attention or SIGReg), "
+          f"largest shared memory {max((r['shared'] for r in ok), default=0)} B, most registers "
+          f"{max((r['regs'] for r in ok), default=0)}; {bad} break a rule")
+    return 1 if a.check and bad else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The GPU compiler's view of the kernels, checked without a GPU: kernels/compile_check.py records every launch
+the kernel APIs make over its grid of dtypes and shapes, compiles each for sm_80 and sm_90 with Triton's own
+compiler and reads the cubins. It runs in a subprocess because this test session runs Triton's interpreter."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip('triton', reason='triton is not installed (make install adds it where it installs)')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_launch_compiles_spill_free_and_fits_shared_memory():
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    r = subprocess.run([sys.executable, '-m', 'kernels.compile_check', '--check'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=1800)
+    summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
+    assert r.returncode == 0, '\n'.join(line for line in r.stdout.splitlines() if 'spills' in line or 'shared memory' in line
+                                        or 'compile:' in line) + '\n' + summary
+    m = re.match(r'(\d+) compiles in \d+ s: (\d+) failed, \d+ spill \(largest (\d+) B, (\d+) of them', summary)
+    assert m, summary
+    compiles, failed, _, spilling_16bit = map(int, m.groups())
+    assert compiles >= 200 and failed == 0 and spilling_16bit == 0, summary
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith('_')]
+    assert {row[0] for row in rows} == {'_attn_fwd', '_attn_bwd_dkdv', '_attn_bwd_dq', '_cf_sums_fwd', '_cf_sums_bwd'}
+    assert {row[5] for row in rows if row[0].startswith('_attn')} == {'sm_80', 'sm_90'}
+
+
+def test_check_flags_what_breaks_a_rule():
+    """The rules themselves, on made-up rows: a 16-bit spill, a shared-memory overflow and a compile error fail;
+    an fp32 attention spill does not (it is not what training runs on a GPU)."""
+    env = dict(os.environ)
+    env.pop('TRITON_INTERPRET', None)
+    code = ("from kernels.compile_check import violations as v\n"
+            "row = dict(kernel='_attn_fwd', config='bfloat16 d=32 N=64 pos=none', target='sm_90', error='', spill=0, shared=1000)\n"
+            "print(len(v(row)), len(v(dict(row, spill=8))), len(v(dict(row, shared=240000))), len(v(dict(row, error='x'))),"
+            " len(v(dict(row, config='float32 d=32', spill=8))), len(v(dict(row, kernel='_cf_sums_fwd', config='float32', spill=8))))")
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.stdout.split() == ['0', '1', '1', '1', '0', '1'], r.stderr[-2000:]
