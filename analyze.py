@@ -193,9 +193,12 @@ PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e
            '#756bb1', '#636363']
 
 
+VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]]  # 5 stops, low to high
+
+
 def viridis(t):
     """t in [0, 1] (any shape) -> uint8 RGB (..., 3), a 5-point piecewise-linear viridis."""
-    stops = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+    stops = np.array(VIRIDIS, dtype=np.float64)
     t = np.clip(np.nan_to_num(np.asarray(t, dtype=np.float64)), 0, 1) * (len(stops) - 1)
     i = np.minimum(t.astype(int), len(stops) - 2)
     f = (t - i)[..., None]
@@ -213,10 +216,24 @@ def png_uri(rgb, scale=1):
     return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
 
 
-def heatmap_uri(m, scale=16):
+def heatmap(m, scale=16, caption=''):
+    """A matrix as a viridis image, with a colour bar labelled by its value range, as one HTML figure."""
     m = np.asarray(m, dtype=np.float64)
-    span = m.max() - m.min()
-    return png_uri(viridis((m - m.min()) / (span if span > 0 else 1)), scale)
+    lo, hi = float(m.min()), float(m.max())
+    img = png_uri(viridis((m - lo) / (hi - lo if hi > lo else 1)), scale)
+    return (f'<figure><img src="{img}"><br>{colorbar(lo, hi, max(120, m.shape[1] * scale))}'
+            + (f'<figcaption>{html.escape(caption)}</figcaption>' if caption else '') + '</figure>')
+
+
+def colorbar(lo, hi, width=160, steps=32):
+    """Inline SVG: the viridis scale from lo (left) to hi (right) in `steps` swatches, ends and middle labelled."""
+    w = width / steps
+    swatches = ''.join(f'<rect x="{i * w:.2f}" y="0" width="{w + 0.5:.2f}" height="10" fill="rgb({r},{g},{b})"/>'
+                       for i, (r, g, b) in enumerate(viridis(np.linspace(0, 1, steps))))
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="26" class="colorbar">{swatches}'
+            f'<text x="0" y="22" font-size="10">{lo:.3g}</text>'
+            f'<text x="{width / 2}" y="22" font-size="10" text-anchor="middle">{(lo + hi) / 2:.3g}</text>'
+            f'<text x="{width}" y="22" font-size="10" text-anchor="end">{hi:.3g}</text></svg>')
 
 
 def to_rgb(img):
@@ -232,7 +249,10 @@ def svg_lines(series, title, width=420, height=220, logy=False):
     f = (lambda v: math.log10(v)) if logy else (lambda v: v)
     xs, ys = [p[0] for p in pts], [f(p[1]) for p in pts]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    if x1 == x0:  # a single x: centre it in a range around it
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    if y1 == y0:
+        y0, y1 = y0 - (abs(y0) * 0.1 or 0.5), y1 + (abs(y1) * 0.1 or 0.5)
     L, R, T, Bm = 50, 10, 24, 28
     X = lambda x: L + (x - x0) / (x1 - x0) * (width - L - R)  # noqa: E731
     Y = lambda y: height - Bm - (f(y) - y0) / (y1 - y0) * (height - T - Bm)  # noqa: E731
@@ -251,6 +271,10 @@ def svg_lines(series, title, width=420, height=220, logy=False):
         c = PALETTE[k % len(PALETTE)]
         out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="' +
                    ' '.join(f'{X(x):.1f},{Y(y):.1f}' for x, y in s) + '"/>')
+        out += [f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="2.5" fill="{c}"/>' for x, y in s if len(s) <= 20]
+        if len(s) == 1:  # one point (one checkpoint): say its value beside it
+            out.append(f'<text x="{X(s[0][0]) + 6:.1f}" y="{Y(s[0][1]) - 4:.1f}" font-size="10" fill="{c}">'
+                       f'{s[0][1]:.4g}</text>')
         out.append(f'<text x="{width - R - 4}" y="{T + 12 + 12 * k}" text-anchor="end" font-size="10" fill="{c}">'
                    f'{html.escape(name)}</text>')
     return ''.join(out) + '</svg>'
@@ -263,8 +287,12 @@ def svg_scatter(xy, labels, title, size=320):
     p = 10 + (xy - lo) / span * (size - 20)
     dots = ''.join(f'<circle cx="{x:.1f}" cy="{size + 10 - y:.1f}" r="2" fill="{PALETTE[int(c) % len(PALETTE)]}" '
                    f'fill-opacity="0.7"/>' for (x, y), c in zip(p, labels))
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size + 20}" class="chart">'
-            f'<text x="{size / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}</text>{dots}</svg>')
+    ends = (f'<text x="10" y="{size + 18}" font-size="9" fill="#666">x {lo[0]:.3g}</text>'
+            f'<text x="{size - 10}" y="{size + 18}" font-size="9" fill="#666" text-anchor="end">{hi[0]:.3g}</text>'
+            f'<text x="2" y="{size + 10}" font-size="9" fill="#666">y {lo[1]:.3g}</text>'
+            f'<text x="2" y="30" font-size="9" fill="#666">{hi[1]:.3g}</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size + 22}" class="chart">'
+            f'<text x="{size / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}</text>{dots}{ends}</svg>')
 
 
 def html_table(rows, cols=None):
@@ -334,7 +362,7 @@ def group_activation_maps(model, cfg, images):
         e = model.encoder(jepa.normalize(images[:1])).float()[0]  # (L, D)
     act = (W.view(G, -1, W.shape[1]) @ e.T).norm(dim=1)  # (G, L)
     grid = int(math.isqrt(act.shape[1]))
-    return [heatmap_uri(a.view(grid, grid).cpu().numpy(), 8) for a in act]
+    return [heatmap(a.view(grid, grid).cpu().numpy(), 8, f'group {g}') for g, a in enumerate(act)]
 
 
 def analyze_checkpoint(ck, data, args, last):
@@ -421,8 +449,7 @@ def build_report(run_dir, cfg, rows, pics, log, compare, classes):
                  svg_lines({'omega': list(zip(ep, [r['omega'] for r in rows]))}, 'group lasso penalty'))
         h.append('<p>Group activation maps a<sub>g,i</sub> = ||W<sup>(g)</sup> e<sub>i</sub>|| over the patches of one '
                  'image, one per group:</p>' +
-                 ''.join(f'<figure><img src="{u}"><figcaption>group {g}</figcaption></figure>'
-                         for g, u in enumerate(pics['group_maps'])))
+                 ''.join(pics['group_maps']))
     last = rows[-1]
     h.append('<h2>Attention (teacher, last checkpoint)</h2>')
     att_rows = []
@@ -432,8 +459,7 @@ def build_report(run_dir, cfg, rows, pics, log, compare, classes):
                              'sparsity': a['sparsity'][hd], 'layer head diversity': a['head_diversity']})
     h.append(html_table(att_rows))
     h.append('<p>Head similarity per layer (mean cosine between heads\' maps):</p>' +
-             ''.join(f'<figure><img src="{heatmap_uri(a["head_similarity"], 24)}"><figcaption>layer {i}</figcaption></figure>'
-                     for i, a in enumerate(last['attention'])))
+             ''.join(heatmap(a['head_similarity'], 24, f'layer {i}') for i, a in enumerate(last['attention'])))
     h.append('<p>Last-layer attention over each image (CLS row if the model has one, else the mean over queries):</p>' +
              ''.join(f'<img src="{u}">' for u in pics['attention_maps']))
     h.append('<h2>Patch features: first three principal components as RGB</h2>' +
@@ -442,7 +468,7 @@ def build_report(run_dir, cfg, rows, pics, log, compare, classes):
     if 'tsne' in pics:
         h.append(svg_scatter(pics['tsne'], pics['labels'], 't-SNE'))
     h.append('<h2>Class-centroid cosine similarity</h2>' +
-             f'<img src="{heatmap_uri(last["centroid_similarity"], max(4, 320 // max(1, len(classes))))}"><p>Classes: ' +
+             heatmap(last['centroid_similarity'], max(4, 320 // max(1, len(classes)))) + '<p>Classes: ' +
              ', '.join(html.escape(c) for c in classes) + '</p>')
     h.append('<h2>RoPE extrapolation: the same encoder at twice the training resolution</h2>' +
              html_table([{'resolution': f'{cfg["img_size"]}px (trained)', **last['teacher']},

@@ -5,8 +5,9 @@ nano-jepa: Joint-Embedding Predictive Architectures for images, in one file.
     python jepa.py --method=lejepa          # LeJEPA: multi-view invariance + SIGReg, no EMA, no stop-grad
     python jepa.py -h                       # every config key with its default and what it does
 
-Read it top to bottom: config -> data -> model (RoPE, attention, ViT, predictor) -> masking ->
-objectives (I-JEPA, SIGReg, group sparsity, InfoNCE) -> EMA and schedules -> training loop -> summary.
+Read it top to bottom, the method first: config -> model (RoPE, attention, ViT, predictor) -> masking ->
+objectives (I-JEPA, SIGReg, group sparsity, InfoNCE) -> EMA and schedules -> augmentation -> training loop ->
+summary; then the plumbing a reader can skip: data readers, checkpoints and command line.
 Papers: I-JEPA (Assran et al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJEPA (Hartman & Varshney
 2025), oi-VAE (Ainsworth et al. 2018), RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every
 definition used here.
@@ -14,6 +15,7 @@ definition used here.
 import copy
 import difflib
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -77,7 +79,7 @@ seed = 0                  # seeds init, data order, augmentation, masks and SIGR
 resume = False            # continue from the newest checkpoint in out_dir
 device = 'auto'           # auto (cuda > mps > cpu) | cuda | mps | cpu
 compile = False           # torch.compile the model
-triton_kernels = True     # on CUDA, fused Triton attention (RoPE inside) and SIGReg kernels; False: SDPA and PyTorch
+triton_kernels = True     # fused Triton attention (RoPE inside) and SIGReg kernels on CUDA (on CPU under TRITON_INTERPRET=1)
 log_every = 25            # steps between log lines
 probe = True              # linear probe of trained and random-init encoders at the end
 # -----------------------------------------------------------------------------
@@ -87,420 +89,20 @@ CONFIG_KEYS = [k for k, v in list(globals().items())
 METHODS = ('ijepa', 'ijepa_sigreg', 'lejepa', 'sparse', 'infonce')
 DATASETS = ('shapes', 'cifar10', 'cifar100', 'tinyimagenet', 'folder')
 
-
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2, no traceback."""
 
-
-def config_help():
-    """Each config line of this file, `name = default  # comment`, as the -h text."""
-    src = open(__file__).read()
-    block = src.split('# ' + '-' * 77 + ' config')[1].split('# ' + '-' * 77)[0]
-    lines = ['usage: python jepa.py [--key=value ...]', '']
-    for line in block.splitlines():
-        m = re.match(r'^(\w+) = (.+?)\s+# (.*)$', line)
-        if m:
-            lines.append(f"  {'--' + m[1] + '=' + m[2].strip(chr(39)):<26} {m[3]}")
-        elif line.startswith('# ') and not line.startswith('# Every'):
-            lines.append(line[2:] + ':')
-    return '\n'.join(lines)
-
-
-def parse_args(argv, defaults=None, help_text=None):
-    """`--key=value` overrides of the defaults (this file's config block unless given) -> config dict.
-    Raises UserError; -h prints help_text (this file's config block unless given) and exits."""
-    cfg = {k: globals()[k] for k in CONFIG_KEYS} if defaults is None else dict(defaults)
-    for arg in argv:
-        if arg in ('-h', '--help'):
-            print(help_text or config_help())
-            sys.exit(0)
-        if not arg.startswith('--') or '=' not in arg:
-            raise UserError(f"argument {arg!r} is not of the form --key=value (see -h)")
-        key, val = arg[2:].split('=', 1)
-        if key not in cfg:
-            close = difflib.get_close_matches(key, cfg, n=1)
-            raise UserError(f"unknown config key {key!r}" + (f"; did you mean --{close[0]}?" if close else " (see -h)"))
-        cfg[key] = _cast(key, val, cfg[key])
-    if defaults is None:
-        check_config(cfg)
-    return cfg
-
-
-def _cast(key, val, default):
-    """The string `val` as the type of `default`; ints are accepted where a float is expected."""
-    try:
-        if isinstance(default, bool):
-            if val.lower() in ('true', '1', 'yes'):
-                return True
-            if val.lower() in ('false', '0', 'no'):
-                return False
-            raise ValueError
-        return type(default)(val)
-    except ValueError:
-        raise UserError(f"--{key}={val}: expected {type(default).__name__} like {default!r}") from None
-
-
-def check_config(c):
-    """Reject impossible settings early, with a message that says what to change."""
-    def need(ok, msg):
-        if not ok:
-            raise UserError(msg)
-    need(c['method'] in METHODS, f"--method={c['method']}: choose one of {', '.join(METHODS)}")
-    need(c['data'] in DATASETS, f"--data={c['data']}: choose one of {', '.join(DATASETS)}")
-    for k in ('batch_size', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth', 'pred_heads',
-              'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
-        need(c[k] > 0, f"--{k}={c[k]}: must be a positive integer")
-    for k in ('epochs', 'steps', 'local_views'):
-        need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
-    for k in ('lr', 'min_lr', 'weight_decay', 'weight_decay_end', 'budget_minutes', 'group_lambda', 'kl_beta'):
-        need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
-    need(c['tau'] > 0, f"--tau={c['tau']}: the InfoNCE temperature must be > 0")
-    need(0 <= c['warmup'] < 1, f"--warmup={c['warmup']}: a fraction of training in [0, 1)")
-    need(0 <= c['ema'] <= 1, f"--ema={c['ema']}: a momentum in [0, 1]")
-    need(0 <= c['sigreg_weight'] <= 1, f"--sigreg_weight={c['sigreg_weight']}: lambda must be in [0, 1]")
-    need(c['img_size'] % c['patch_size'] == 0,
-         f"--patch_size={c['patch_size']} does not divide --img_size={c['img_size']}")
-    need(c['img_size'] // c['patch_size'] >= 4, "the patch grid must be at least 4x4: lower --patch_size")
-    for w, h, name in ((c['width'], c['heads'], ''), (c['pred_width'], c['pred_heads'], 'pred_')):
-        need(w % h == 0, f"--{name}heads={h} does not divide --{name}width={w}")
-        need((w // h) % 4 == 0, f"head dim {name}width/{name}heads = {w // h} must be divisible by 4 for 2-D RoPE")
-    need(c['pred_width'] % c['num_groups'] == 0,
-         f"--num_groups={c['num_groups']} must divide --pred_width={c['pred_width']}")
-    need(c['epochs'] > 0 or c['steps'] > 0 or c['budget_minutes'] > 0,
-         "nothing to train: set --epochs, --steps or --budget_minutes above 0")
-    need(c['device'] in ('auto', 'cuda', 'mps', 'cpu'), f"--device={c['device']}: auto | cuda | mps | cpu")
-    need(c['method'] not in ('lejepa',) or c['global_views'] >= 2 or c['local_views'] >= 1,
-         "lejepa needs at least two views: raise --global_views or --local_views")
-
-
-def pick_device(name):
-    if name == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise UserError("--device=cuda but torch sees no CUDA GPU: use --device=auto or cpu")
-    if name == 'mps' and not torch.backends.mps.is_available():
-        raise UserError("--device=mps but this torch has no MPS backend: use --device=auto or cpu")
-    return name
-
-# ----------------------------------------------------------------------------- data
-# Every dataset becomes the same dict: uint8 images (N, 3, S, S) and int64 labels for a train and a test
-# split, plus class names. It is decoded once, then moved to the device; batches are indexed out of it and
-# augmented there, so the training loop runs no per-image Python.
-
-CIFAR = {  # canonical archives and the md5 sums torchvision checks
-    'cifar10': ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'c58f30108f718f92721af3b95e74349a'),
-    'cifar100': ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz', 'eb9058c3a382ffc7106e4002c42a8d85'),
-}
-# The embedded dataset's 12 classes: three identical blobs in one of 12 arrangements, as offsets on a unit
-# lattice (x right, y down). Every image holds the same parts, so a bag of patch statistics (what a random-init
-# encoder, average-pooled, mostly sees) cannot tell the classes apart; predicting a hidden blob from the visible
-# ones (what a JEPA learns) needs exactly the arrangement.
-ARRANGEMENTS = {
-    'row': [(-1, 0), (0, 0), (1, 0)], 'column': [(0, -1), (0, 0), (0, 1)],
-    'diagonal': [(-1, -1), (0, 0), (1, 1)], 'antidiagonal': [(-1, 1), (0, 0), (1, -1)],
-    'corner_tl': [(-1, -1), (1, -1), (-1, 1)], 'corner_tr': [(-1, -1), (1, -1), (1, 1)],
-    'corner_bl': [(-1, -1), (-1, 1), (1, 1)], 'corner_br': [(1, -1), (-1, 1), (1, 1)],
-    'arrow_up': [(-1, 1), (1, 1), (0, -1)], 'arrow_down': [(-1, -1), (1, -1), (0, 1)],
-    'arrow_left': [(1, -1), (1, 1), (-1, 0)], 'arrow_right': [(-1, -1), (-1, 1), (1, 0)],
-}
-SHAPES = tuple(ARRANGEMENTS)
-
-
-def make_shapes(n, size=32, seed=0):
-    """n labelled size x size images of the 12 arrangements. Spacing, blob size, position, rotation, brightness,
-    tint, background gradient and noise are random and shared by all classes. -> uint8 (n, 3, S, S), labels (n,)."""
-    g = torch.Generator().manual_seed(seed)
-    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
-    y = torch.randint(len(SHAPES), (n,), generator=g)
-    offsets = torch.tensor([ARRANGEMENTS[k] for k in SHAPES], dtype=torch.float32)[y]  # (n, 3, 2)
-    spacing, radius = 0.42 + 0.16 * u(n, 1, 1), 0.17 + 0.06 * u(n, 1, 1)
-    ang = (u(n) - 0.5) * 0.4
-    rot = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1), torch.stack([ang.sin(), ang.cos()], -1)], -2)  # (n, 2, 2)
-    room = 1 - spacing - radius  # keep every blob inside the image
-    centres = (offsets * spacing) @ rot.transpose(1, 2) + (2 * u(n, 1, 2) - 1) * room  # (n, 3, 2)
-    r = torch.linspace(-1, 1, size)
-    Y, X = torch.meshgrid(r, r, indexing='ij')
-    grid = torch.stack([X, Y], -1).view(1, 1, size * size, 2)
-    dist = (grid - centres[:, :, None]).norm(dim=-1).min(1).values.view(n, size, size)  # nearest blob centre
-    fg = (dist < radius.view(n, 1, 1)).float()  # (n, S, S)
-    # bright, mildly tinted blobs on a darker background with a random gradient
-    tint = 0.75 + 0.25 * u(n, 3, 1, 1)
-    c_fg = (0.55 + 0.45 * u(n, 1, 1, 1)) * tint
-    c_bg, c_bg2 = 0.3 * u(n, 1, 1, 1) * tint, 0.3 * u(n, 1, 1, 1) * tint
-    t = (X * torch.cos(6.3 * u(n))[:, None, None] + Y * torch.sin(6.3 * u(n))[:, None, None] + 1) / 2
-    bg = c_bg * (1 - t[:, None]) + c_bg2 * t[:, None]  # (n, 3, S, S)
-    img = bg * (1 - fg[:, None]) + c_fg * fg[:, None] + 0.06 * torch.randn(n, 3, size, size, generator=g)
-    return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
-
-
-def load_shapes(cfg):
-    x, y = make_shapes(12000, cfg['img_size'], seed=cfg['seed'])
-    return dict(train_x=x[:10000], train_y=y[:10000], test_x=x[10000:], test_y=y[10000:], classes=list(SHAPES))
-
-
-def md5sum(path):
-    h = hashlib.md5()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def download(url, path, md5):
-    """Fetch url to path with a progress line, verify md5, keep nothing unverified."""
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = path + '.part'
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, 'wb') as f:
-            total, done = int(r.headers.get('Content-Length') or 0), 0
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                print(f"\rdownloading {url}: {done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else '') + " MiB",
-                      end='', flush=True)
-        print()
-    except OSError as e:
-        raise UserError(f"could not download {url} ({e}); fetch it by hand and pass --data_dir=PATH_TO_ARCHIVE")
-    if md5sum(tmp) != md5:
-        os.remove(tmp)
-        raise UserError(f"{url} downloaded with the wrong md5 (expected {md5}); try again, or pass --data_dir")
-    os.replace(tmp, path)
-
-
-def load_cifar(cfg, url=None, md5=None):
-    """CIFAR-10/100 in the python format, from --data_dir (tarball or extracted folder) or downloaded
-    (url and md5 default to the canonical ones; tests point them at a local server)."""
-    name = cfg['data']
-    canon_url, canon_md5 = CIFAR[name]
-    md5 = md5 or canon_md5
-    root = cfg['data_dir'] or os.path.expanduser('~/.cache/nano-jepa')
-    folder = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}[name]
-    meta = 'meta' if name == 'cifar100' else 'batches.meta'
-    if os.path.isdir(os.path.join(root, folder)):  # extracted archive inside root
-        root = os.path.join(root, folder)
-    elif root.endswith(('.tar.gz', '.tgz', '.tar')):  # an archive given by path
-        if not os.path.isfile(root):
-            raise UserError(f"--data_dir={root} does not exist")
-    elif not os.path.exists(os.path.join(root, meta)):  # a cache folder: download the archive into it once
-        archive = os.path.join(root, os.path.basename(canon_url))
-        if not os.path.exists(archive):
-            download(url or canon_url, archive, md5)
-        root = archive
-    src = FileSource(root)
-    member = {os.path.basename(n): n for n in src.names}  # the batches sit in a sub-folder of the archive
-
-    def unpickle(f):
-        if f not in member:
-            raise UserError(f"{root} has no member {f!r}: is it the CIFAR python-version archive or folder?")
-        try:
-            return pickle.loads(src.read(member[f]), encoding='bytes')
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(f"{f} in {root} does not unpickle ({type(e).__name__}): the archive is corrupt")
-    key = b'fine_labels' if name == 'cifar100' else b'labels'
-    files = (['train'], ['test']) if name == 'cifar100' else ([f'data_batch_{i}' for i in range(1, 6)], ['test_batch'])
-    out = {}
-    for split, names in zip(('train', 'test'), files):
-        batches = [unpickle(f) for f in names]
-        out[split + '_x'] = torch.from_numpy(np.concatenate([b[b'data'] for b in batches]).reshape(-1, 3, 32, 32))
-        out[split + '_y'] = torch.tensor(sum((list(b[key]) for b in batches), []))
-    out['classes'] = [c.decode() for c in unpickle(meta)[b'fine_label_names' if name == 'cifar100' else b'label_names']]
-    return out
-
-
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
-
-
-def decode_image(blob, size, where):
-    """Bytes of any image file -> uint8 (3, size, size); grayscale, CMYK, palette and odd sizes converted."""
-    from PIL import Image
-    try:
-        im = Image.open(io.BytesIO(blob)).convert('RGB')
-    except Exception as e:
-        raise UserError(f"cannot decode image {where} ({type(e).__name__}); remove or replace the file")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-class FileSource:
-    """Uniform read access to a folder, a .zip or a tar archive: relative paths, and the bytes of one."""
-    def __init__(self, path):
-        if not os.path.exists(path):
-            raise UserError(f"--data_dir={path} does not exist")
-        self.path, self.zip, self.tar = path, None, None
-        try:
-            if os.path.isdir(path):
-                self.names = [os.path.relpath(os.path.join(d, f), path).replace(os.sep, '/')
-                              for d, _, fs in os.walk(path) for f in fs]
-            elif zipfile.is_zipfile(path):
-                self.zip = zipfile.ZipFile(path)
-                self.names = [n for n in self.zip.namelist() if not n.endswith('/')]
-            elif path.endswith(('.tar', '.tar.gz', '.tgz')):
-                self.tar = tarfile.open(path)
-                self.members = {m.name: m for m in self.tar.getmembers() if m.isfile()}
-                self.names = list(self.members)
-            else:
-                raise UserError(f"{path} is not a readable zip archive: pass the folder, a complete .zip or a .tar.gz")
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise UserError(f"{path} is truncated or not a valid archive ({e}); download it again or pass the folder")
-
-    def read(self, name):
-        try:
-            if self.zip:
-                return self.zip.read(name)
-            if self.tar:
-                return self.tar.extractfile(self.members[name]).read()
-            with open(os.path.join(self.path, name), 'rb') as f:
-                return f.read()
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise UserError(f"{self.path}: cannot read {name} ({e}); the archive is truncated or corrupt")
-
-
-def load_tinyimagenet(cfg):
-    """The standard tiny-imagenet-200 layout (wnids.txt, train/<wnid>/images, val/val_annotations.txt),
-    from a folder or straight from the .zip; any subset of its classes."""
-    if not cfg['data_dir']:
-        raise UserError("--data=tinyimagenet needs --data_dir=PATH to tiny-imagenet-200 (folder or .zip)")
-    src = FileSource(cfg['data_dir'])
-    wnids_path = next((n for n in src.names if n.endswith('wnids.txt')), None)
-    if wnids_path is None:
-        raise UserError(f"{cfg['data_dir']} has no wnids.txt: is it the tiny-imagenet-200 layout?")
-    base = wnids_path[:-len('wnids.txt')]
-    wnids = src.read(wnids_path).decode().split()
-    label = {w: i for i, w in enumerate(wnids)}
-    words = {}
-    if base + 'words.txt' in src.names:
-        words = dict(line.split('\t', 1) for line in src.read(base + 'words.txt').decode().splitlines() if '\t' in line)
-    train = [(n, label[n[len(base):].split('/')[1]]) for n in src.names
-             if n.startswith(base + 'train/') and n.lower().endswith(IMAGE_EXTS) and n[len(base):].split('/')[1] in label]
-    ann = base + 'val/val_annotations.txt'
-    if ann not in src.names:
-        raise UserError(f"{cfg['data_dir']} has no {ann}: is it the tiny-imagenet-200 layout?")
-    val = [(base + 'val/images/' + f, label[w]) for f, w, *_ in
-           (line.split('\t') for line in src.read(ann).decode().splitlines() if line.strip()) if w in label]
-    out = {'classes': [words.get(w, w).split(',')[0].strip() for w in wnids]}
-    for split, items in (('train', sorted(train)), ('test', sorted(val))):
-        if not items:
-            raise UserError(f"{cfg['data_dir']}: no {split} images found")
-        out[split + '_x'] = decode_all(src, [n for n, _ in items], cfg['img_size'])
-        out[split + '_y'] = torch.tensor([c for _, c in items])
-    return out
-
-
-def load_folder(cfg):
-    """An ImageFolder tree, root/<class>/<image>; root/train and root/val are used as splits when present,
-    else a fixed 10 % of each class is held out for evaluation."""
-    if not cfg['data_dir']:
-        raise UserError("--data=folder needs --data_dir=PATH to a folder with one sub-folder per class")
-    src = FileSource(cfg['data_dir'])
-    imgs = [n for n in src.names if n.lower().endswith(IMAGE_EXTS)]
-    if not src.names:
-        raise UserError(f"{cfg['data_dir']} is empty: it should hold one sub-folder of images per class")
-    if not imgs:
-        raise UserError(f"{cfg['data_dir']} has no image files ({', '.join(IMAGE_EXTS)})")
-    has_splits = any(n.startswith('train/') for n in imgs) and any(n.startswith('val/') for n in imgs)
-    splits = {}
-    for n in sorted(imgs):
-        parts = n.split('/')
-        if has_splits and parts[0] in ('train', 'val') and len(parts) >= 3:
-            splits.setdefault(parts[0], []).append((n, parts[1]))
-        elif not has_splits and len(parts) >= 2:
-            splits.setdefault('all', []).append((n, parts[-2]))
-    if not splits:
-        raise UserError(f"{cfg['data_dir']}: images must sit in class sub-folders (root/<class>/<image>)")
-    classes = sorted({c for items in splits.values() for _, c in items})
-    if not has_splits:  # every 10th image of each class goes to the test split
-        count = {}
-        for n, c in splits.pop('all'):
-            count[c] = count.get(c, 0) + 1
-            splits.setdefault('val' if count[c] % 10 == 0 else 'train', []).append((n, c))
-    out = {'classes': classes}
-    for split, key in (('train', 'train'), ('val', 'test')):
-        items = splits.get(split, [])
-        if not items:
-            raise UserError(f"{cfg['data_dir']}: the {split} split has no images (need >= 10 per class)")
-        out[key + '_x'] = decode_all(src, [n for n, _ in items], cfg['img_size'])
-        out[key + '_y'] = torch.tensor([classes.index(c) for _, c in items])
-    return out
-
-
-def decode_all(src, names, size):
-    out = torch.empty(len(names), 3, size, size, dtype=torch.uint8)
-    t0 = time.time()
-    for i, n in enumerate(names):
-        out[i] = decode_image(src.read(n), size, f"{src.path}:{n}")
-        if (i + 1) % 5000 == 0 or i + 1 == len(names):
-            print(f"\rdecoding {src.path}: {i + 1}/{len(names)} images ({time.time() - t0:.0f}s)", end='', flush=True)
-    print()
-    return out
-
-
-def load_data(cfg, dev):
-    loader = {'shapes': load_shapes, 'cifar10': load_cifar, 'cifar100': load_cifar,
-              'tinyimagenet': load_tinyimagenet, 'folder': load_folder}[cfg['data']]
-    d = loader(cfg)
-    for k in ('train_x', 'test_x'):
-        if d[k].shape[-1] != cfg['img_size']:  # cifar is stored at 32x32
-            d[k] = F.interpolate(d[k].float(), size=cfg['img_size'], mode='bicubic', antialias=True).clamp(0, 255).round().byte()
-    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in d.items()}
-
-
-# Augmentation, batched on the device: each image gets its own crop box, flip, jitter, through one grid_sample.
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def normalize(x):  # uint8 (B, 3, S, S) -> float, ImageNet statistics
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255 - mean) / std
-
-
-def random_resized_crop(x, out_size, scale, g, flip=True):
-    """Per-image random-resized-crop (area fraction in `scale`, aspect in [3/4, 4/3]) and horizontal flip,
-    as one affine grid_sample over the batch. x float (B, 3, S, S) -> (B, 3, out_size, out_size)."""
-    B = x.shape[0]
-    rand = torch.rand(B, 5, generator=g, device=x.device)
-    area = scale[0] + (scale[1] - scale[0]) * rand[:, 0]
-    aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * rand[:, 1])
-    w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # fractions of the side
-    cx, cy = (2 * rand[:, 2] - 1) * (1 - w), (2 * rand[:, 3] - 1) * (1 - h)  # box centre in [-1, 1]
-    sign = torch.where(rand[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones_like(w)
-    theta = torch.zeros(B, 2, 3, device=x.device)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
-    grid = F.affine_grid(theta, (B, 3, out_size, out_size), align_corners=False)
-    return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
-
-
-def color_jitter(x, g, strength=0.4, p_gray=0.2):
-    """Brightness, contrast and saturation jitter and random grayscale on a normalised batch (B, 3, S, S)."""
-    B = x.shape[0]
-    r = torch.rand(B, 4, generator=g, device=x.device)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    x = x * std + mean  # back to [0, 1]
-    f = lambda i: (1 + strength * (2 * r[:, i] - 1)).view(B, 1, 1, 1)  # noqa: E731
-    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    x = x * f(0)                                                            # brightness
-    x = (x - gray.mean((2, 3), keepdim=True)) * f(1) + gray.mean((2, 3), keepdim=True)  # contrast
-    x = (x - gray) * f(2) + gray                                            # saturation
-    x = torch.where((r[:, 3] < p_gray).view(B, 1, 1, 1), gray.expand_as(x), x)
-    return (x.clamp(0, 1) - mean) / std
 
 # ----------------------------------------------------------------------------- model
 # ViT-nano: patch embedding, pre-norm transformer blocks, final LayerNorm. Positions enter only through 2-D
 # axial RoPE on queries and keys; there is no position table, so a subset of tokens (the I-JEPA context) or a
 # larger grid (RoPE extrapolation) needs nothing but the tokens' grid coordinates.
 
-
 def grid_pos(idx, grid_w):
     """Row-major patch indices (...) -> (column, row) grid positions (..., 2)."""
     return torch.stack([idx % grid_w, idx // grid_w], -1)
 
-
 ROPE_THETA = 100.0  # RoPE base: frequencies theta^(-4k/d)
-
 
 def rope(x, pos, theta=ROPE_THETA):
     """2-D axial RoPE (Heo et al. 2024). x (B, H, N, d), pos (B, N, 2) or (N, 2) as (column, row).
@@ -516,34 +118,29 @@ def rope(x, pos, theta=ROPE_THETA):
     xc = torch.view_as_complex(x.to(dt).reshape(*x.shape[:-1], d // 2, 2))  # (B, H, N, d/2) complex
     return torch.view_as_real(xc * torch.polar(torch.ones_like(phi), phi)).flatten(-2).type_as(x)
 
+def kernels_available(t):
+    """Can the Triton kernels take tensor t? On CUDA when triton imports; on CPU only in Triton's interpreter
+    (TRITON_INTERPRET=1), which runs them slowly but exactly as written (tests use that)."""
+    on = t.is_cuda or (t.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1')
+    return on and importlib.util.find_spec('triton') is not None
 
-def kernels_enabled(t):
-    """Use the Triton kernels for tensor t? Only on CUDA, only when --triton_kernels=True and triton imports."""
-    if not (triton_kernels and t.is_cuda):
-        return False
-    try:
-        import kernels.attention  # noqa: F401
-        import kernels.sigreg  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def attention(q, k, v, pos):
+def attention(q, k, v, pos, kernels=False):
     """Non-causal softmax attention with 2-D RoPE on q and k. q, k, v (B, H, N, d) -> (B, H, N, d).
-    On CUDA the fused kernel rotates q and k as it loads them; elsewhere RoPE, then PyTorch's SDPA."""
-    if kernels_enabled(q):
+    RoPE, then PyTorch's SDPA; with kernels=True the fused kernel rotates q and k as it loads them (and falls
+    back to the PyTorch path, with a warning, if it cannot compile or launch on this GPU)."""
+    def pytorch(q, k, v):
+        return F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v)
+    if kernels and kernels_available(q):
         from kernels.attention import attention as fused_attention
-        return fused_attention(q, k, v, pos, ROPE_THETA)
-    return F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v)
-
+        return fused_attention(q, k, v, pos, ROPE_THETA, fallback=pytorch)
+    return pytorch(q, k, v)
 
 class Attention(nn.Module):
     keep_weights = False  # analyze.py sets this to read the attention maps (self.weights, (B, H, N, N))
 
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, kernels=False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.kernels = heads, kernels  # kernels: fused Triton attention where available
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
     def forward(self, x, pos):  # x (B, N, D)
@@ -551,21 +148,19 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
         if self.keep_weights:
             self.weights = (rope(q, pos) @ rope(k, pos).transpose(-1, -2) / math.sqrt(D // self.heads)).softmax(-1)
-        x = attention(q, k, v, pos)  # (B, H, N, d)
+        x = attention(q, k, v, pos, self.kernels)  # (B, H, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
-
 class Block(nn.Module):
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, kernels=False):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, kernels)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x, pos):
         x = x + self.attn(self.norm1(x), pos)
         return x + self.mlp(self.norm2(x))
-
 
 def init_weights(module):
     """Truncated-normal linear weights (std 0.02) and zero biases, as in the official I-JEPA code."""
@@ -575,15 +170,14 @@ def init_weights(module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-
 class ViT(nn.Module):
-    def __init__(self, patch_size, width, depth, heads, cls_token=False):
+    def __init__(self, patch_size, width, depth, heads, cls_token=False, kernels=False):
         super().__init__()
         self.patch_size, self.width = patch_size, width
         self.patch_embed = nn.Conv2d(3, width, patch_size, stride=patch_size)
         self.cls = nn.Parameter(torch.zeros(1, 1, width)) if cls_token else None
         self.num_prefix = int(cls_token)
-        self.blocks = nn.ModuleList([Block(width, heads) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(width, heads, kernels) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         init_weights(self)
 
@@ -605,16 +199,15 @@ class ViT(nn.Module):
             x = blk(x, pos)
         return self.norm(x)[:, self.num_prefix:]
 
-
 class Predictor(nn.Module):
     """The narrow I-JEPA predictor: context tokens projected to width Dp, one shared learned mask token per
     target position (placed there by RoPE), a few blocks, back to width D. All target blocks of an image are
     predicted in one batched pass of B*nb sequences, which equals the official one-pass-per-block."""
-    def __init__(self, width, pred_width, depth, heads):
+    def __init__(self, width, pred_width, depth, heads, kernels=False):
         super().__init__()
         self.embed = nn.Linear(width, pred_width)  # weight (Dp, D): SparseJEPA's latent-to-group matrix
         self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_width))
-        self.blocks = nn.ModuleList([Block(pred_width, heads) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(pred_width, heads, kernels) for _ in range(depth)])
         self.norm, self.head = nn.LayerNorm(pred_width), nn.Linear(pred_width, width)
         init_weights(self)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -630,24 +223,23 @@ class Predictor(nn.Module):
             x = blk(x, pos)
         return self.head(self.norm(x[:, -Nt:])).view(B, nb, Nt, -1)
 
-
 class Projector(nn.Sequential):
     """MLP head for the multi-view methods (LeJEPA, InfoNCE): pooled D -> K."""
     def __init__(self, width, out_dim, hidden=512):
         super().__init__(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, out_dim))
-
 
 class JEPA(nn.Module):
     """Everything one method trains. Which parts exist depends on the method (README: methods table)."""
     def __init__(self, cfg):
         super().__init__()
         m = cfg['method']
-        self.encoder = ViT(cfg['patch_size'], cfg['width'], cfg['depth'], cfg['heads'], cfg['cls_token'])
+        kernels = cfg['triton_kernels']
+        self.encoder = ViT(cfg['patch_size'], cfg['width'], cfg['depth'], cfg['heads'], cfg['cls_token'], kernels)
         self.target = None  # EMA target encoder (ijepa, sparse)
         if m in ('ijepa', 'sparse'):
             self.target = copy.deepcopy(self.encoder).requires_grad_(False)
         if m in ('ijepa', 'ijepa_sigreg', 'sparse'):
-            self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'])
+            self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'], kernels)
         if m in ('lejepa', 'infonce'):
             self.projector = Projector(cfg['width'], cfg['proj_dim'])
         if m == 'sparse' and cfg['kl_beta'] > 0:
@@ -662,13 +254,12 @@ class JEPA(nn.Module):
         """The encoder whose pooled output is the representation: the EMA target when there is one."""
         return self.target if self.target is not None else self.encoder
 
-
 def build_model(cfg, dev):
     torch.manual_seed(cfg['seed'])
     return JEPA(cfg).to(dev)
 
-# ----------------------------------------------------------------------------- masking (I-JEPA multi-block)
 
+# ----------------------------------------------------------------------------- masking (I-JEPA multi-block)
 
 def multiblock_masks(batch_size, grid_h, grid_w, *, num_targets=4, generator=None, device=None,
                      target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0)):
@@ -715,13 +306,12 @@ def multiblock_masks(batch_size, grid_h, grid_w, *, num_targets=4, generator=Non
     context_idx = keep.nonzero()[:, 1].view(B, n_keep)  # (B, Nc), row-major
     return context_idx, target_idx
 
-# ----------------------------------------------------------------------------- objectives
 
+# ----------------------------------------------------------------------------- objectives
 
 def prediction_loss(pred, target):
     """Mean smooth-L1 (beta = 1) between predicted and target features, in fp32: zero iff they are equal."""
     return F.smooth_l1_loss(pred.float(), target.float(), beta=1.0)
-
 
 def ijepa_loss(model, img, cfg, g, step):
     """I-JEPA (Assran et al. 2023): predict the layer-normed target-encoder features of four blocks from
@@ -749,7 +339,7 @@ def ijepa_loss(model, img, cfg, g, step):
     logs['pred'] = loss
     if cfg['method'] == 'ijepa_sigreg':
         lam = cfg['sigreg_weight']
-        reg = sigreg(h_full.mean(1), step, cfg['num_slices'], seed=cfg['seed'])
+        reg = sigreg(h_full.mean(1), step, cfg['num_slices'], cfg['seed'], cfg['triton_kernels'])
         logs['sigreg'] = reg
         loss = (1 - lam) * loss + lam * reg
     return loss + cfg['kl_beta'] * kl, logs
@@ -763,7 +353,6 @@ def ijepa_loss(model, img, cfg, g, step):
 # ends dt*phi_k). This is the official code's definition (the paper's Algorithm 1 integrates over [-5, 5]).
 NUM_KNOTS = 17
 
-
 def ep_knots(num_knots=NUM_KNOTS, dtype=torch.float32, device=None):
     """Knots t (T,), target characteristic function phi (T,) and quadrature weights w (T,)."""
     dt = 3 / (num_knots - 1)
@@ -772,7 +361,6 @@ def ep_knots(num_knots=NUM_KNOTS, dtype=torch.float32, device=None):
     w = 2 * dt * phi
     w[0], w[-1] = dt * phi[0], dt * phi[-1]
     return t, phi, w
-
 
 class CFSums(torch.autograd.Function):
     """Sums over the batch of cos(t_k y_nm) and sin(t_k y_nm): y (N, M) -> (M, T) each, in O(N*M) memory.
@@ -800,22 +388,21 @@ class CFSums(torch.autograd.Function):
             i += len(yc)
         return dy, None
 
-
 def _chunks(y, T, elems=1 << 22):
     n = max(1, elems // (y.shape[1] * T))
     return y.split(n)
 
-
-def epps_pulley(y, num_knots=NUM_KNOTS):
+def epps_pulley(y, num_knots=NUM_KNOTS, kernels=False):
     """Per-slice Epps-Pulley statistic T_m for projections y (N, M) -> (M,). Computed in fp32 (fp64 for fp64
     input) whatever the input dtype; differentiable. Under torch.distributed the characteristic-function means
-    are all-reduced (with a gradient-carrying all-reduce), so the statistic is the global-batch one."""
+    are all-reduced (with a gradient-carrying all-reduce), so the statistic is the global-batch one.
+    kernels=True: the fused Triton sums where available (fp32; this recomputing path is their fallback)."""
     y = y.double() if y.dtype == torch.float64 else y.float()
     t, phi, w = ep_knots(num_knots, y.dtype, y.device)
     n = torch.tensor(float(y.shape[0]), dtype=y.dtype, device=y.device)
-    if kernels_enabled(y):
+    if kernels and y.dtype == torch.float32 and kernels_available(y):
         from kernels.sigreg import cf_sums
-        cos_sum, sin_sum = cf_sums(y, t)  # fused Triton kernels, same sums
+        cos_sum, sin_sum = cf_sums(y, t, fallback=CFSums.apply)  # fused Triton kernels, same sums
     else:
         cos_sum, sin_sum = CFSums.apply(y, t)  # (M, T) each
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -825,8 +412,7 @@ def epps_pulley(y, num_knots=NUM_KNOTS):
     C, S = cos_sum / n, sin_sum / n  # (M, T) empirical characteristic function, real and imaginary parts
     return n * (((C - phi) ** 2 + S ** 2) @ w)  # (M,)
 
-
-def sigreg(z, step, num_slices=num_slices, seed=0):
+def sigreg(z, step, num_slices=num_slices, seed=0, kernels=False):
     """SIGReg of embeddings z (N, D) or of several views (V, N, D) (mean over views): mean over M random unit
     directions of the Epps-Pulley statistic. The directions come from a generator seeded by the step, so every
     rank draws the same ones and a resumed run draws them again."""
@@ -837,8 +423,7 @@ def sigreg(z, step, num_slices=num_slices, seed=0):
     y = z.to(dt) @ A  # (N, M) or (V, N, M)
     if y.dim() == 3:  # every view's slices are separate slices of its own: (N, V*M)
         y = y.permute(1, 0, 2).flatten(1)
-    return epps_pulley(y).mean()
-
+    return epps_pulley(y, kernels=kernels).mean()
 
 def lejepa_views(x, cfg, g):
     """V_g global views (full resolution) and V_l local views (half resolution) of a uint8 batch."""
@@ -849,7 +434,6 @@ def lejepa_views(x, cfg, g):
     views_l = [color_jitter(random_resized_crop(img, local, (0.05, 0.3), g), g) for _ in range(cfg['local_views'])]
     return views_g, views_l
 
-
 def embed_views(model, views):
     """Projected, pooled embeddings of a list of same-size views -> (V, B, K)."""
     if not views:
@@ -858,7 +442,6 @@ def embed_views(model, views):
     z = model.projector(model.encoder(torch.cat(views)).mean(1))  # (V*B, K)
     return z.float().view(len(views), B, -1)
 
-
 def lejepa_loss(model, x, cfg, g, step):
     """LeJEPA: L = (1 - lambda) * mean_{v,n} ||mu_n - z_nv||^2 / K + lambda * mean_v SIGReg(z_v), where mu_n is
     the mean of image n's global-view embeddings. No EMA, no stop-gradient, no predictor."""
@@ -866,10 +449,9 @@ def lejepa_loss(model, x, cfg, g, step):
     z = torch.cat([v for v in (embed_views(model, views_g), embed_views(model, views_l)) if v is not None])  # (V, B, K)
     mu = z[:cfg['global_views']].mean(0)  # (B, K)
     inv = (mu - z).pow(2).mean()  # mean over views, images and the K coordinates
-    reg = sigreg(z, step, cfg['num_slices'], seed=cfg['seed'])
+    reg = sigreg(z, step, cfg['num_slices'], cfg['seed'], cfg['triton_kernels'])
     lam = cfg['sigreg_weight']
     return (1 - lam) * inv + lam * reg, {'inv': inv, 'sigreg': reg}
-
 
 def info_nce(z1, z2, tau):
     """SimCLR's NT-Xent: each embedding's positive is its other view, the 2B-2 other embeddings are negatives.
@@ -880,7 +462,6 @@ def info_nce(z1, z2, tau):
     B = z1.shape[0]
     positive = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(z.device)
     return F.cross_entropy(sim, positive)
-
 
 def infonce_loss(model, x, cfg, g, step):
     """InfoNCE on two global views (ablation against SIGReg): invariance and anti-collapse in one contrastive term."""
@@ -901,7 +482,6 @@ def group_lasso(W, num_groups):
     """Omega(W) for W (Dp, D) with Dp split into num_groups contiguous row groups -> scalar."""
     return W.view(num_groups, -1, W.shape[1]).norm(dim=1).sum()
 
-
 @torch.no_grad()
 def prox_group_lasso_(W, num_groups, threshold):
     """In place: W^(g)[:, j] <- W^(g)[:, j] * max(0, 1 - threshold / ||W^(g)[:, j]||), the prox of threshold*Omega."""
@@ -910,24 +490,21 @@ def prox_group_lasso_(W, num_groups, threshold):
     Wg.mul_((1 - threshold / norm.clamp_min(1e-30)).clamp_min(0))
     return W
 
-
 def group_sparsity(W, num_groups):
     """Mean number of groups each latent feeds (nonzero column blocks), in [0, G]."""
     return (W.view(num_groups, -1, W.shape[1]).norm(dim=1) > 0).float().sum(0).mean()
 
-
 OBJECTIVES = {'ijepa': ijepa_loss, 'ijepa_sigreg': ijepa_loss, 'sparse': ijepa_loss,
               'lejepa': lejepa_loss, 'infonce': infonce_loss}
 
-# ----------------------------------------------------------------------------- EMA and schedules
 
+# ----------------------------------------------------------------------------- EMA and schedules
 
 @torch.no_grad()
 def ema_update(target, online, momentum):
     """theta_target <- m * theta_target + (1 - m) * theta_online."""
     for pt, po in zip(target.parameters(), online.parameters()):
         pt.lerp_(po.detach(), 1 - momentum)
-
 
 def schedules(progress, cfg):
     """Learning rate (linear warm-up, cosine decay), weight decay (cosine rise) and EMA momentum (linear to 1)
@@ -942,7 +519,6 @@ def schedules(progress, cfg):
     momentum = cfg['ema'] + (1 - cfg['ema']) * p
     return lr_now, wd, momentum
 
-
 def make_optimizer(model, cfg):
     """AdamW; no weight decay on biases, norms, tokens (1-D params) nor on the group-lasso matrix."""
     decay, no_decay = [], []
@@ -954,122 +530,68 @@ def make_optimizer(model, cfg):
     return torch.optim.AdamW([{'params': decay, 'weight_decay': cfg['weight_decay']},
                               {'params': no_decay, 'weight_decay': 0.0}], lr=cfg['lr'], betas=(0.9, 0.95))
 
-# ----------------------------------------------------------------------------- training loop
 
+# ----------------------------------------------------------------------------- augmentation
+# Batched on the device: each image gets its own crop box, flip and jitter, through one grid_sample.
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+def normalize(x):  # uint8 (B, 3, S, S) -> float, ImageNet statistics
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (MEAN, STD))
+    return (x.float() / 255 - mean) / std
+
+def random_resized_crop(x, out_size, scale, g, flip=True):
+    """Per-image random-resized-crop (area fraction in `scale`, aspect in [3/4, 4/3]) and horizontal flip,
+    as one affine grid_sample over the batch. x float (B, 3, S, S) -> (B, 3, out_size, out_size)."""
+    B = x.shape[0]
+    rand = torch.rand(B, 5, generator=g, device=x.device)
+    area = scale[0] + (scale[1] - scale[0]) * rand[:, 0]
+    aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * rand[:, 1])
+    w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # fractions of the side
+    cx, cy = (2 * rand[:, 2] - 1) * (1 - w), (2 * rand[:, 3] - 1) * (1 - h)  # box centre in [-1, 1]
+    sign = torch.where(rand[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones_like(w)
+    theta = torch.zeros(B, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
+    grid = F.affine_grid(theta, (B, 3, out_size, out_size), align_corners=False)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+
+def color_jitter(x, g, strength=0.4, p_gray=0.2):
+    """Brightness, contrast and saturation jitter and random grayscale on a normalised batch (B, 3, S, S)."""
+    B = x.shape[0]
+    r = torch.rand(B, 4, generator=g, device=x.device)
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (MEAN, STD))
+    x = x * std + mean  # back to [0, 1]
+    f = lambda i: (1 + strength * (2 * r[:, i] - 1)).view(B, 1, 1, 1)  # noqa: E731
+    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = x * f(0)                                                            # brightness
+    x = (x - gray.mean((2, 3), keepdim=True)) * f(1) + gray.mean((2, 3), keepdim=True)  # contrast
+    x = (x - gray) * f(2) + gray                                            # saturation
+    x = torch.where((r[:, 3] < p_gray).view(B, 1, 1, 1), gray.expand_as(x), x)
+    return (x.clamp(0, 1) - mean) / std
+
+
+# ----------------------------------------------------------------------------- training loop
 
 def step_generator(seed, step, dev, rank=0):
     """All randomness of one step (augmentation, masks, SIGReg noise) comes from a generator seeded by
     (seed, step, rank): a resumed run replays exactly the steps it would have taken."""
     return torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step + 1 + rank * 7_777_777)
 
-
 def epoch_order(seed, epoch, n, dev):
     g = torch.Generator(device=dev).manual_seed(seed * 7_919 + epoch)
     return torch.randperm(n, generator=g, device=dev)
 
-
-def setup_distributed(cfg):
-    """(rank, world size, device). Under `torchrun` (RANK in the environment) join the process group: NCCL on
-    GPUs, gloo on CPUs; each rank takes batch_size / world images of every batch."""
-    if 'RANK' not in os.environ:
-        return 0, 1, pick_device(cfg['device'])
-    import torch.distributed as dist
-    dev = pick_device(cfg['device'])
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if dev == 'cuda' else 'gloo')
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if cfg['batch_size'] % world:
-        raise UserError(f"--batch_size={cfg['batch_size']} is not divisible by the {world} processes")
-    if dev == 'cuda':
-        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(dev)
-    return rank, world, dev
-
-
-def save_checkpoint(path, state):
-    """Atomic: write a temp file, flush it to disk, rename over the target. A crash leaves the old file."""
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def list_checkpoints(run_dir):
-    """Epoch checkpoints of a run directory, oldest first."""
-    if not os.path.isdir(run_dir):
-        return []
-    return sorted(os.path.join(run_dir, f) for f in os.listdir(run_dir) if re.fullmatch(r'ckpt_\d+\.pt', f))
-
-
-def load_checkpoint(path):
-    """A checkpoint as a dict; UserError when the file is missing, truncated or not ours."""
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}): it may be truncated; "
-                        "use an older ckpt_*.pt from the same run")
-    if not isinstance(ck, dict) or not {'model', 'config', 'step'} <= set(ck):
-        raise UserError(f"{path} is not a nano-jepa checkpoint (no model/config/step entries)")
-    return ck
-
-
-def model_from_checkpoint(ck, dev='cpu'):
-    """Rebuild the JEPA a checkpoint was saved from and load its weights."""
-    cfg = {k: globals()[k] for k in CONFIG_KEYS} | ck['config']
-    model = build_model(cfg, dev)
-    try:
-        model.load_state_dict(ck['model'])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]})")
-    return model, cfg
-
-
-def truncate_log(path, step):
-    """Drop log records written after `step` (by a run that died after its last checkpoint)."""
-    if os.path.exists(path):
-        with open(path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-        with open(path, 'w') as f:
-            f.writelines(keep)
-
-
-def versions(dev):
-    v = {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'device': dev}
-    try:
-        import triton
-        v['triton'] = triton.__version__
-    except ImportError:
-        pass
-    if dev.startswith('cuda'):
-        v['gpu'] = torch.cuda.get_device_name()
-    return v
-
-
 def train(cfg):
     """Pre-train one method; returns (model, data, stats). Only rank 0 logs and writes checkpoints."""
-    global triton_kernels
-    triton_kernels = cfg['triton_kernels']  # read by attention() and epps_pulley() deep inside the model
     rank, world, dev = setup_distributed(cfg)
     main_rank = rank == 0
     say = print if main_rank else (lambda *a, **k: None)
     run_dir = cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}")
-    torch.backends.cuda.matmul.allow_tf32 = True
     on_cuda = dev.startswith('cuda')
+    torch.backends.cuda.matmul.allow_tf32 = True
     autocast = torch.autocast('cuda', dtype=torch.bfloat16) if on_cuda else nullcontext()
-    paths = ('Triton kernels for attention and SIGReg' if kernels_enabled(torch.empty(0, device=dev))
-             else 'SDPA attention, PyTorch SIGReg' + ('' if on_cuda else ' (no CUDA)'))
-    say(f"device: {dev}" + (f" x {world} processes" if world > 1 else '') +
-        f", {'bf16 autocast' if on_cuda else 'fp32'}, {paths}")
-
+    say(device_line(cfg, dev, world))
     data = load_data(cfg, dev)
-    os.makedirs(run_dir, exist_ok=True)  # only now: bad data leaves no empty run directory behind
-    for f in os.listdir(run_dir) if main_rank else []:  # half-written checkpoints of a killed run
-        if f.endswith('.pt.tmp'):
-            os.remove(os.path.join(run_dir, f))
+    open_run_dir(run_dir, main_rank)  # only now: bad data leaves no empty run directory behind
     n_train, B = data['train_x'].shape[0], cfg['batch_size']
     if n_train < B:
         raise UserError(f"--batch_size={B} is larger than the training set ({n_train} images)")
@@ -1082,30 +604,11 @@ def train(cfg):
     say(f"data: {cfg['data']}, {n_train} train / {data['test_x'].shape[0]} test images, {len(data['classes'])} "
         f"classes, {cfg['img_size']}px | method: {cfg['method']} | encoder {params_m:.2f}M params | "
         + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)"))
-
-    step, elapsed = 0, 0.0
-    if cfg['resume']:
-        ckpts = list_checkpoints(run_dir)
-        if not ckpts:
-            raise UserError(f"--resume=True but {run_dir} has no checkpoint: drop --resume or point --out_dir at a run")
-        ck = load_checkpoint(ckpts[-1])
-        check_compatible(ck['config'], cfg, ckpts[-1])
-        model.load_state_dict(ck['model'])
-        opt.load_state_dict(ck['optimizer'])
-        step, elapsed = ck['step'], ck['elapsed']
-        if main_rank:
-            truncate_log(os.path.join(run_dir, 'log.jsonl'), step)
-        say(f"resumed from {ckpts[-1]} at step {step}")
+    step, elapsed = resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say) if cfg['resume'] else (0, 0.0)
     if main_rank:
         with open(os.path.join(run_dir, 'config.json'), 'w') as f:
             json.dump({'config': cfg, 'versions': versions(dev), 'world_size': world}, f, indent=1)
-    step_model = model  # what the loop calls; `model` (unwrapped) is what checkpoints save
-    if world > 1:
-        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if on_cuda else None)
-    if cfg['compile']:  # the networks only: masks and augmentation stay eager; lengths vary, so dynamic shapes
-        for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
-            if net is not None:
-                net.compile(dynamic=True)  # in place: state_dict keys stay as they are
+    step_model = distribute_and_compile(model, cfg, world, dev)  # what the loop calls; `model` is what is saved
     log_file = open(os.path.join(run_dir, 'log.jsonl'), 'a') if main_rank else None
     guard = NonFiniteGuard(dev)
 
@@ -1130,8 +633,7 @@ def train(cfg):
             group['lr'] = lr_now
             if group['weight_decay'] > 0:
                 group['weight_decay'] = wd
-        local = order[i * B + rank * B // world:i * B + (rank + 1) * B // world]  # this rank's share
-        x = data['train_x'][local]  # (B / world, 3, S, S) uint8
+        x = data['train_x'][order[i * B + rank * B // world:i * B + (rank + 1) * B // world]]  # (B / world, 3, S, S)
         with autocast:
             loss, logs = step_model(x, step_generator(cfg['seed'], step, dev, rank), step)
         opt.zero_grad(set_to_none=True)
@@ -1143,24 +645,14 @@ def train(cfg):
             prox_group_lasso_(model.predictor.embed.weight, cfg['num_groups'], lr_now * cfg['group_lambda'])
         if model.target is not None:
             ema_update(model.target, model.encoder, momentum)
-        step += 1
-        seen += B
-        elapsed += time.time() - t0
+        step, seen, elapsed = step + 1, seen + B, elapsed + time.time() - t0
         if step % cfg['log_every'] == 0 or step == total:
             guard.check(step, run_dir)
-            last = {'step': step, 'epoch': round(step / steps_per_epoch, 3), 'loss': loss.item(),
-                    **{k: float(v.detach()) for k, v in logs.items()}, 'grad_norm': float(grad_norm), 'lr': lr_now, 'wd': wd}
-            if model.target is not None:
-                last['momentum'] = momentum
-            if cfg['method'] == 'sparse':
-                W = model.predictor.embed.weight
-                last['omega'] = group_lasso(W, cfg['num_groups']).item()
-                last['group_sparsity'] = group_sparsity(W, cfg['num_groups']).item()
             now = time.time()
-            last['img_per_s'] = seen / (now - t_last)
+            last = {'step': step, **log_record(model, cfg, step / steps_per_epoch, loss, logs, grad_norm,
+                                               (lr_now, wd, momentum)), 'img_per_s': seen / (now - t_last), 'elapsed_s': elapsed}
             t_last, seen = now, 0
             left = (budget - elapsed) if budget else elapsed / step * (total - step)
-            last['elapsed_s'] = elapsed
             say(f"step {step}/{total if not budget else '?'} | " + ' | '.join(
                 f"{k} {v:.4g}" for k, v in last.items() if k not in ('step', 'elapsed_s')) +
                 f" | eta {left / 60:.1f} min", flush=True)
@@ -1177,6 +669,397 @@ def train(cfg):
                          'steps': step, 'run_dir': run_dir, 'final_loss': last.get('loss', float('nan')),
                          'rank': rank}
 
+def device_line(cfg, dev, world):
+    """What trains where: device, processes, precision, and which attention / SIGReg path is used."""
+    use_kernels = cfg['triton_kernels'] and kernels_available(torch.empty(0, device=dev))
+    on_cuda = dev.startswith('cuda')
+    paths = ('Triton kernels for attention and SIGReg' + ('' if on_cuda else " (Triton's interpreter)")
+             if use_kernels else 'SDPA attention, PyTorch SIGReg')
+    return (f"device: {dev}" + (f" x {world} processes" if world > 1 else '') +
+            f", {'bf16 autocast' if on_cuda else 'fp32'}, {paths}")
+
+def resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say):
+    """Load the newest checkpoint of run_dir into model and opt -> (step, elapsed seconds)."""
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise UserError(f"--resume=True but {run_dir} has no checkpoint: drop --resume or point --out_dir at a run")
+    ck = load_checkpoint(ckpts[-1])
+    check_compatible(ck['config'], cfg, ckpts[-1])
+    model.load_state_dict(ck['model'])
+    opt.load_state_dict(ck['optimizer'])
+    if main_rank:
+        truncate_log(os.path.join(run_dir, 'log.jsonl'), ck['step'])
+    say(f"resumed from {ckpts[-1]} at step {ck['step']}")
+    return ck['step'], ck['elapsed']
+
+def distribute_and_compile(model, cfg, world, dev):
+    """The module the loop calls: DDP over the processes of a torchrun, and torch.compile of the networks only
+    (masks and augmentation stay eager; lengths vary, so dynamic shapes; in place, so state_dict keys stay)."""
+    if cfg['compile']:
+        for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
+            if net is not None:
+                net.compile(dynamic=True)
+    if world > 1:
+        return nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.startswith('cuda') else None)
+    return model
+
+def log_record(model, cfg, epoch, loss, logs, grad_norm, schedule):
+    """One log line's numbers: losses and their terms, gradient norm, schedules, SparseJEPA's group sparsity."""
+    lr_now, wd, momentum = schedule
+    rec = {'epoch': round(epoch, 3), 'loss': loss.item(), **{k: float(v.detach()) for k, v in logs.items()},
+           'grad_norm': float(grad_norm), 'lr': lr_now, 'wd': wd}
+    if model.target is not None:
+        rec['momentum'] = momentum
+    if cfg['method'] == 'sparse':
+        W = model.predictor.embed.weight
+        rec['omega'] = group_lasso(W, cfg['num_groups']).item()
+        rec['group_sparsity'] = group_sparsity(W, cfg['num_groups']).item()
+    return rec
+
+
+# ----------------------------------------------------------------------------- summary
+
+def summarize(model, data, cfg, stats):
+    """Linear probe of the trained representation and of a random-init encoder of the same shape."""
+    out = {'method': cfg['method'], 'data': cfg['data']}
+    if cfg['probe']:
+        import probe  # probe.py: the one implementation of the evaluation protocol
+        dev = data['train_x'].device
+        random_cfg = dict(cfg, seed=cfg['seed'] + 1)
+        for name, enc in (('', model.features_encoder()), ('_random_init', build_model(random_cfg, dev).encoder)):
+            r = probe.evaluate(enc, data, linear_only=True)
+            out[f'probe_acc{name}'] = r['linear']
+    out.update({k: stats[k] for k in ('train_seconds', 'img_per_s', 'params_M', 'steps', 'final_loss')})
+    print('-' * 20 + ' summary')
+    for k, v in out.items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    with open(os.path.join(stats['run_dir'], 'summary.json'), 'w') as f:
+        json.dump(out, f, indent=1)
+    return out
+
+def main(argv):
+    cfg = parse_args(argv)
+    try:
+        model, data, stats = train(cfg)
+        return summarize(model, data, cfg, stats) if stats['rank'] == 0 else None
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+# =============================================================================
+# plumbing: data readers
+# Every dataset becomes the same dict: uint8 images (N, 3, S, S) and int64 labels for a train and a test
+# split, plus class names. It is decoded once, then moved to the device; batches are indexed out of it and
+# augmented there, so the training loop runs no per-image Python.
+
+CIFAR = {  # canonical archives and the md5 sums torchvision checks
+    'cifar10': ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'c58f30108f718f92721af3b95e74349a'),
+    'cifar100': ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz', 'eb9058c3a382ffc7106e4002c42a8d85'),
+}
+# The embedded dataset's 12 classes: three identical blobs in one of 12 arrangements, as offsets on a unit
+# lattice (x right, y down). Every image holds the same parts, so a bag of patch statistics (what a random-init
+# encoder, average-pooled, mostly sees) cannot tell the classes apart; predicting a hidden blob from the visible
+# ones (what a JEPA learns) needs exactly the arrangement.
+ARRANGEMENTS = {
+    'row': [(-1, 0), (0, 0), (1, 0)], 'column': [(0, -1), (0, 0), (0, 1)], 'diagonal': [(-1, -1), (0, 0), (1, 1)],
+    'antidiagonal': [(-1, 1), (0, 0), (1, -1)], 'corner_tl': [(-1, -1), (1, -1), (-1, 1)],
+    'corner_tr': [(-1, -1), (1, -1), (1, 1)], 'corner_bl': [(-1, -1), (-1, 1), (1, 1)],
+    'corner_br': [(1, -1), (-1, 1), (1, 1)], 'arrow_up': [(-1, 1), (1, 1), (0, -1)],
+    'arrow_down': [(-1, -1), (1, -1), (0, 1)], 'arrow_left': [(1, -1), (1, 1), (-1, 0)],
+    'arrow_right': [(-1, -1), (-1, 1), (1, 0)]}
+SHAPES = tuple(ARRANGEMENTS)
+
+def make_shapes(n, size=32, seed=0):
+    """n labelled size x size images of the 12 arrangements. Spacing, blob size, position, rotation, brightness,
+    tint, background gradient and noise are random and shared by all classes. -> uint8 (n, 3, S, S), labels (n,)."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    y = torch.randint(len(SHAPES), (n,), generator=g)
+    offsets = torch.tensor([ARRANGEMENTS[k] for k in SHAPES], dtype=torch.float32)[y]  # (n, 3, 2)
+    spacing, radius = 0.42 + 0.16 * u(n, 1, 1), 0.17 + 0.06 * u(n, 1, 1)
+    ang = (u(n) - 0.5) * 0.4
+    rot = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1), torch.stack([ang.sin(), ang.cos()], -1)], -2)  # (n, 2, 2)
+    room = 1 - spacing - radius  # keep every blob inside the image
+    centres = (offsets * spacing) @ rot.transpose(1, 2) + (2 * u(n, 1, 2) - 1) * room  # (n, 3, 2)
+    r = torch.linspace(-1, 1, size)
+    Y, X = torch.meshgrid(r, r, indexing='ij')
+    grid = torch.stack([X, Y], -1).view(1, 1, size * size, 2)
+    dist = (grid - centres[:, :, None]).norm(dim=-1).min(1).values.view(n, size, size)  # nearest blob centre
+    fg = (dist < radius.view(n, 1, 1)).float()  # (n, S, S)
+    # bright, mildly tinted blobs on a darker background with a random gradient
+    tint = 0.75 + 0.25 * u(n, 3, 1, 1)
+    c_fg = (0.55 + 0.45 * u(n, 1, 1, 1)) * tint
+    c_bg, c_bg2 = 0.3 * u(n, 1, 1, 1) * tint, 0.3 * u(n, 1, 1, 1) * tint
+    t = (X * torch.cos(6.3 * u(n))[:, None, None] + Y * torch.sin(6.3 * u(n))[:, None, None] + 1) / 2
+    bg = c_bg * (1 - t[:, None]) + c_bg2 * t[:, None]  # (n, 3, S, S)
+    img = bg * (1 - fg[:, None]) + c_fg * fg[:, None] + 0.06 * torch.randn(n, 3, size, size, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+def load_shapes(cfg):
+    x, y = make_shapes(12000, cfg['img_size'], seed=cfg['seed'])
+    return dict(train_x=x[:10000], train_y=y[:10000], test_x=x[10000:], test_y=y[10000:], classes=list(SHAPES))
+
+def download(url, path, md5):
+    """Fetch url to path with a progress line, verify md5, keep nothing unverified."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp, h = path + '.part', hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, 'wb') as f:
+            total, done = int(r.headers.get('Content-Length') or 0), 0
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                h.update(chunk)
+                done += len(chunk)
+                print(f"\rdownloading {url}: {done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else '') + " MiB",
+                      end='', flush=True)
+        print()
+    except OSError as e:
+        raise UserError(f"could not download {url} ({e}); fetch it by hand and pass --data_dir=PATH_TO_ARCHIVE")
+    if h.hexdigest() != md5:
+        os.remove(tmp)
+        raise UserError(f"{url} downloaded with the wrong md5 (expected {md5}); try again, or pass --data_dir")
+    os.replace(tmp, path)
+
+def load_cifar(cfg, url=None, md5=None):
+    """CIFAR-10/100 in the python format, from --data_dir (tarball or extracted folder) or downloaded
+    (url and md5 default to the canonical ones; tests point them at a local server)."""
+    name = cfg['data']
+    canon_url, canon_md5 = CIFAR[name]
+    md5 = md5 or canon_md5
+    root = cfg['data_dir'] or os.path.expanduser('~/.cache/nano-jepa')
+    folder = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}[name]
+    meta = 'meta' if name == 'cifar100' else 'batches.meta'
+    if os.path.isdir(os.path.join(root, folder)):  # extracted archive inside root
+        root = os.path.join(root, folder)
+    elif root.endswith(('.tar.gz', '.tgz', '.tar')):  # an archive given by path
+        if not os.path.isfile(root):
+            raise UserError(f"--data_dir={root} does not exist")
+    elif not os.path.exists(os.path.join(root, meta)):  # a cache folder: download the archive into it once
+        archive = os.path.join(root, os.path.basename(canon_url))
+        if not os.path.exists(archive):
+            download(url or canon_url, archive, md5)
+        root = archive
+    src = FileSource(root)
+    member = {os.path.basename(n): n for n in src.names}  # the batches sit in a sub-folder of the archive
+
+    def unpickle(f):
+        if f not in member:
+            raise UserError(f"{root} has no member {f!r}: is it the CIFAR python-version archive or folder?")
+        blob = src.read(member[f])
+        try:
+            return pickle.loads(blob, encoding='bytes')
+        except Exception as e:
+            raise UserError(f"{f} in {root} does not unpickle ({type(e).__name__}): the archive is corrupt")
+    key = b'fine_labels' if name == 'cifar100' else b'labels'
+    files = (['train'], ['test']) if name == 'cifar100' else ([f'data_batch_{i}' for i in range(1, 6)], ['test_batch'])
+    out = {}
+    for split, names in zip(('train', 'test'), files):
+        batches = [unpickle(f) for f in names]
+        out[split + '_x'] = torch.from_numpy(np.concatenate([b[b'data'] for b in batches]).reshape(-1, 3, 32, 32))
+        out[split + '_y'] = torch.tensor(sum((list(b[key]) for b in batches), []))
+    out['classes'] = [c.decode() for c in unpickle(meta)[b'fine_label_names' if name == 'cifar100' else b'label_names']]
+    return out
+
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+class FileSource:
+    """Uniform read access to a folder, a .zip or a tar archive: relative paths, and the bytes of one."""
+    def __init__(self, path):
+        if not os.path.exists(path):
+            raise UserError(f"--data_dir={path} does not exist")
+        self.path, self.zip, self.tar = path, None, None
+        try:
+            if os.path.isdir(path):
+                self.names = [os.path.relpath(os.path.join(d, f), path).replace(os.sep, '/')
+                              for d, _, fs in os.walk(path) for f in fs]
+            elif zipfile.is_zipfile(path):
+                self.zip = zipfile.ZipFile(path)
+                self.names = [n for n in self.zip.namelist() if not n.endswith('/')]
+            elif path.endswith(('.tar', '.tar.gz', '.tgz')):
+                self.tar = tarfile.open(path)
+                self.members = {m.name: m for m in self.tar.getmembers() if m.isfile()}
+                self.names = list(self.members)
+            else:
+                raise UserError(f"{path} is not a readable zip archive: pass the folder, a complete .zip or a .tar.gz")
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise UserError(f"{path} is truncated or not a valid archive ({e}); download it again or pass the folder")
+
+    def read(self, name):
+        try:
+            if self.zip:
+                return self.zip.read(name)
+            if self.tar:
+                return self.tar.extractfile(self.members[name]).read()
+            with open(os.path.join(self.path, name), 'rb') as f:
+                return f.read()
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise UserError(f"{self.path}: cannot read {name} ({e}); the archive is truncated or corrupt")
+
+def load_tinyimagenet(cfg):
+    """The standard tiny-imagenet-200 layout (wnids.txt, train/<wnid>/images, val/val_annotations.txt),
+    from a folder or straight from the .zip; any subset of its classes."""
+    if not cfg['data_dir']:
+        raise UserError("--data=tinyimagenet needs --data_dir=PATH to tiny-imagenet-200 (folder or .zip)")
+    src = FileSource(cfg['data_dir'])
+    wnids_path = next((n for n in src.names if n.endswith('wnids.txt')), None)
+    if wnids_path is None:
+        raise UserError(f"{cfg['data_dir']} has no wnids.txt: is it the tiny-imagenet-200 layout?")
+    base = wnids_path[:-len('wnids.txt')]
+    wnids = src.read(wnids_path).decode().split()
+    label = {w: i for i, w in enumerate(wnids)}
+    words = {}
+    if base + 'words.txt' in src.names:
+        words = dict(line.split('\t', 1) for line in src.read(base + 'words.txt').decode().splitlines() if '\t' in line)
+    train = [(n, label[n[len(base):].split('/')[1]]) for n in src.names
+             if n.startswith(base + 'train/') and n.lower().endswith(IMAGE_EXTS) and n[len(base):].split('/')[1] in label]
+    ann = base + 'val/val_annotations.txt'
+    if ann not in src.names:
+        raise UserError(f"{cfg['data_dir']} has no {ann}: is it the tiny-imagenet-200 layout?")
+    val = [(base + 'val/images/' + f, label[w]) for f, w, *_ in
+           (line.split('\t') for line in src.read(ann).decode().splitlines() if line.strip()) if w in label]
+    classes = [words.get(w, w).split(',')[0].strip() for w in wnids]
+    return decode_splits(src, cfg, {'train': sorted(train), 'test': sorted(val)}, classes)
+
+def load_folder(cfg):
+    """An ImageFolder tree, root/<class>/<image>; root/train and root/val are used as splits when present,
+    else a fixed 10 % of each class is held out for evaluation."""
+    if not cfg['data_dir']:
+        raise UserError("--data=folder needs --data_dir=PATH to a folder with one sub-folder per class")
+    src = FileSource(cfg['data_dir'])
+    imgs = [n for n in src.names if n.lower().endswith(IMAGE_EXTS)]
+    if not src.names:
+        raise UserError(f"{cfg['data_dir']} is empty: it should hold one sub-folder of images per class")
+    if not imgs:
+        raise UserError(f"{cfg['data_dir']} has no image files ({', '.join(IMAGE_EXTS)})")
+    has_splits = any(n.startswith('train/') for n in imgs) and any(n.startswith('val/') for n in imgs)
+    splits = {}
+    for n in sorted(imgs):
+        parts = n.split('/')
+        if has_splits and parts[0] in ('train', 'val') and len(parts) >= 3:
+            splits.setdefault(parts[0], []).append((n, parts[1]))
+        elif not has_splits and len(parts) >= 2:
+            splits.setdefault('all', []).append((n, parts[-2]))
+    if not splits:
+        raise UserError(f"{cfg['data_dir']}: images must sit in class sub-folders (root/<class>/<image>)")
+    classes = sorted({c for items in splits.values() for _, c in items})
+    if not has_splits:  # every 10th image of each class goes to the test split
+        count = {}
+        for n, c in splits.pop('all'):
+            count[c] = count.get(c, 0) + 1
+            splits.setdefault('val' if count[c] % 10 == 0 else 'train', []).append((n, c))
+    splits = {key: [(n, classes.index(c)) for n, c in splits.get(split, [])] for split, key in (('train', 'train'),
+                                                                                                ('val', 'test'))}
+    return decode_splits(src, cfg, splits, classes, hint=' (need >= 10 per class)')
+
+def decode_splits(src, cfg, splits, classes, hint=''):
+    """{'train': [(file, label)], 'test': [(file, label)]} -> the dataset dict, images decoded."""
+    out = {'classes': classes}
+    for split, items in splits.items():
+        if not items:
+            raise UserError(f"{cfg['data_dir']}: no {'val' if split == 'test' else split} images found{hint}")
+        out[split + '_x'] = decode_all(src, [n for n, _ in items], cfg['img_size'])
+        out[split + '_y'] = torch.tensor([c for _, c in items])
+    return out
+
+def decode_all(src, names, size):
+    """Image files of any format and mode (grayscale, CMYK, palette, odd sizes) -> uint8 (N, 3, size, size)."""
+    from PIL import Image
+    out = torch.empty(len(names), 3, size, size, dtype=torch.uint8)
+    t0 = time.time()
+    for i, n in enumerate(names):
+        blob = src.read(n)
+        try:
+            im = Image.open(io.BytesIO(blob)).convert('RGB').resize((size, size), Image.BICUBIC)
+        except Exception as e:
+            raise UserError(f"cannot decode image {src.path}:{n} ({type(e).__name__}); remove or replace the file")
+        out[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if (i + 1) % 5000 == 0 or i + 1 == len(names):
+            print(f"\rdecoding {src.path}: {i + 1}/{len(names)} images ({time.time() - t0:.0f}s)", end='', flush=True)
+    print()
+    return out
+
+def load_data(cfg, dev):
+    loader = {'shapes': load_shapes, 'cifar10': load_cifar, 'cifar100': load_cifar,
+              'tinyimagenet': load_tinyimagenet, 'folder': load_folder}[cfg['data']]
+    d = loader(cfg)
+    for k in ('train_x', 'test_x'):
+        if d[k].shape[-1] != cfg['img_size']:  # cifar is stored at 32x32
+            d[k] = F.interpolate(d[k].float(), size=cfg['img_size'], mode='bicubic', antialias=True).clamp(0, 255).round().byte()
+    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in d.items()}
+
+# =============================================================================
+# plumbing: checkpoints and command line
+
+def open_run_dir(run_dir, main_rank):
+    """Create the run directory; remove the half-written checkpoints of a killed run."""
+    os.makedirs(run_dir, exist_ok=True)
+    for f in os.listdir(run_dir) if main_rank else []:
+        if f.endswith('.pt.tmp'):
+            os.remove(os.path.join(run_dir, f))
+
+def save_checkpoint(path, state):
+    """Atomic: write a temp file, flush it to disk, rename over the target. A crash leaves the old file."""
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+def list_checkpoints(run_dir):
+    """Epoch checkpoints of a run directory, oldest first."""
+    if not os.path.isdir(run_dir):
+        return []
+    return sorted(os.path.join(run_dir, f) for f in os.listdir(run_dir) if re.fullmatch(r'ckpt_\d+\.pt', f))
+
+def load_checkpoint(path):
+    """A checkpoint as a dict; UserError when the file is missing, truncated or not ours."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}): it may be truncated; "
+                        "use an older ckpt_*.pt from the same run")
+    if not isinstance(ck, dict) or not {'model', 'config', 'step'} <= set(ck):
+        raise UserError(f"{path} is not a nano-jepa checkpoint (no model/config/step entries)")
+    return ck
+
+def model_from_checkpoint(ck, dev='cpu'):
+    """Rebuild the JEPA a checkpoint was saved from and load its weights."""
+    cfg = {k: globals()[k] for k in CONFIG_KEYS} | ck['config']
+    model = build_model(cfg, dev)
+    try:
+        model.load_state_dict(ck['model'])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]})")
+    return model, cfg
+
+def truncate_log(path, step):
+    """Drop log records written after `step` (by a run that died after its last checkpoint)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+        with open(path, 'w') as f:
+            f.writelines(keep)
+
+def versions(dev):
+    v = {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'device': dev}
+    if importlib.util.find_spec('triton') is not None:
+        v['triton'] = __import__('triton').__version__
+    if dev.startswith('cuda'):
+        v['gpu'] = torch.cuda.get_device_name()
+    return v
+
+def check_compatible(saved, cfg, path):
+    """Resuming needs the same model and method; anything else (epochs, lr, ...) may change."""
+    keys = ('method', 'patch_size', 'width', 'depth', 'heads', 'cls_token', 'pred_width', 'pred_depth',
+            'pred_heads', 'proj_dim', 'num_groups', 'img_size')
+    diff = [f"{k}={saved.get(k)} (now {cfg[k]})" for k in keys if saved.get(k) != cfg[k]]
+    if diff or (saved.get('kl_beta', 0) > 0) != (cfg['kl_beta'] > 0):
+        raise UserError(f"{path} was trained with {', '.join(diff) or 'another kl_beta'}: resume with the same "
+                        "settings or use another --out_dir")
 
 class NonFiniteGuard:
     """Remembers the first step whose loss, a loss term or the gradient norm was NaN/inf, without a CPU-GPU sync
@@ -1199,53 +1082,114 @@ class NonFiniteGuard:
             raise UserError(f"non-finite {', '.join(terms)} at step {first}: stopped before step {step} was saved; "
                             f"the last good checkpoint in {run_dir} is kept. Try a lower --lr or --triton_kernels=False")
 
+def setup_distributed(cfg):
+    """(rank, world size, device). Under `torchrun` (RANK in the environment) join the process group: NCCL on
+    GPUs, gloo on CPUs; each rank takes batch_size / world images of every batch."""
+    if 'RANK' not in os.environ:
+        return 0, 1, pick_device(cfg['device'])
+    import torch.distributed as dist
+    dev = pick_device(cfg['device'])
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if dev == 'cuda' else 'gloo')
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if cfg['batch_size'] % world:
+        raise UserError(f"--batch_size={cfg['batch_size']} is not divisible by the {world} processes")
+    if dev == 'cuda':
+        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(dev)
+    return rank, world, dev
 
-def check_compatible(saved, cfg, path):
-    """Resuming needs the same model and method; anything else (epochs, lr, ...) may change."""
-    keys = ('method', 'patch_size', 'width', 'depth', 'heads', 'cls_token', 'pred_width', 'pred_depth',
-            'pred_heads', 'proj_dim', 'num_groups', 'img_size')
-    diff = [f"{k}={saved.get(k)} (now {cfg[k]})" for k in keys if saved.get(k) != cfg[k]]
-    if diff or (saved.get('kl_beta', 0) > 0) != (cfg['kl_beta'] > 0):
-        raise UserError(f"{path} was trained with {', '.join(diff) or 'another kl_beta'}: resume with the same "
-                        "settings or use another --out_dir")
+def config_help():
+    """Each config line of this file, `name = default  # comment`, as the -h text."""
+    src = open(__file__).read()
+    block = src.split('# ' + '-' * 77 + ' config')[1].split('# ' + '-' * 77)[0]
+    lines = ['usage: python jepa.py [--key=value ...]', '']
+    for line in block.splitlines():
+        m = re.match(r'^(\w+) = (.+?)\s+# (.*)$', line)
+        if m:
+            lines.append(f"  {'--' + m[1] + '=' + m[2].strip(chr(39)):<26} {m[3]}")
+        elif line.startswith('# ') and not line.startswith('# Every'):
+            lines.append(line[2:] + ':')
+    return '\n'.join(lines)
 
+def parse_args(argv, defaults=None, help_text=None):
+    """`--key=value` overrides of the defaults (this file's config block unless given) -> config dict.
+    Raises UserError; -h prints help_text (this file's config block unless given) and exits."""
+    cfg = {k: globals()[k] for k in CONFIG_KEYS} if defaults is None else dict(defaults)
+    for arg in argv:
+        if arg in ('-h', '--help'):
+            print(help_text or config_help())
+            sys.exit(0)
+        if not arg.startswith('--') or '=' not in arg:
+            raise UserError(f"argument {arg!r} is not of the form --key=value (see -h)")
+        key, val = arg[2:].split('=', 1)
+        if key not in cfg:
+            close = difflib.get_close_matches(key, cfg, n=1)
+            raise UserError(f"unknown config key {key!r}" + (f"; did you mean --{close[0]}?" if close else " (see -h)"))
+        cfg[key] = _cast(key, val, cfg[key])
+    if defaults is None:
+        check_config(cfg)
+    return cfg
 
-# ----------------------------------------------------------------------------- summary
-
-
-def summarize(model, data, cfg, stats):
-    """Linear probe of the trained representation and of a random-init encoder of the same shape."""
-    out = {'method': cfg['method'], 'data': cfg['data']}
-    if cfg['probe']:
-        import probe  # probe.py: the one implementation of the evaluation protocol
-        dev = data['train_x'].device
-        random_cfg = dict(cfg, seed=cfg['seed'] + 1)
-        for name, enc in (('', model.features_encoder()), ('_random_init', build_model(random_cfg, dev).encoder)):
-            r = probe.evaluate(enc, data, linear_only=True)
-            out[f'probe_acc{name}'] = r['linear']
-    out.update({k: stats[k] for k in ('train_seconds', 'img_per_s', 'params_M', 'steps', 'final_loss')})
-    print('-' * 20 + ' summary')
-    for k, v in out.items():
-        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
-    with open(os.path.join(stats['run_dir'], 'summary.json'), 'w') as f:
-        json.dump(out, f, indent=1)
-    return out
-
-
-def main(argv):
-    cfg = parse_args(argv)
+def _cast(key, val, default):
+    """The string `val` as the type of `default`; ints are accepted where a float is expected."""
     try:
-        model, data, stats = train(cfg)
-        return summarize(model, data, cfg, stats) if stats['rank'] == 0 else None
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        if isinstance(default, bool):
+            return {'true': True, '1': True, 'yes': True, 'false': False, '0': False, 'no': False}[val.lower()]
+        return type(default)(val)
+    except (ValueError, KeyError):
+        raise UserError(f"--{key}={val}: expected {type(default).__name__} like {default!r}") from None
 
+def check_config(c):
+    """Reject impossible settings early, with a message that says what to change."""
+    def need(ok, msg):
+        if not ok:
+            raise UserError(msg)
+    need(c['method'] in METHODS, f"--method={c['method']}: choose one of {', '.join(METHODS)}")
+    need(c['data'] in DATASETS, f"--data={c['data']}: choose one of {', '.join(DATASETS)}")
+    for k in ('batch_size', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth', 'pred_heads',
+              'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
+        need(c[k] > 0, f"--{k}={c[k]}: must be a positive integer")
+    for k in ('epochs', 'steps', 'local_views', 'lr', 'min_lr', 'weight_decay', 'weight_decay_end', 'budget_minutes',
+              'group_lambda', 'kl_beta'):
+        need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
+    need(c['tau'] > 0, f"--tau={c['tau']}: the InfoNCE temperature must be > 0")
+    need(0 <= c['warmup'] < 1, f"--warmup={c['warmup']}: a fraction of training in [0, 1)")
+    need(0 <= c['ema'] <= 1, f"--ema={c['ema']}: a momentum in [0, 1]")
+    need(0 <= c['sigreg_weight'] <= 1, f"--sigreg_weight={c['sigreg_weight']}: lambda must be in [0, 1]")
+    need(c['img_size'] % c['patch_size'] == 0,
+         f"--patch_size={c['patch_size']} does not divide --img_size={c['img_size']}")
+    need(c['img_size'] // c['patch_size'] >= 4, "the patch grid must be at least 4x4: lower --patch_size")
+    for w, h, name in ((c['width'], c['heads'], ''), (c['pred_width'], c['pred_heads'], 'pred_')):
+        need(w % h == 0, f"--{name}heads={h} does not divide --{name}width={w}")
+        need((w // h) % 4 == 0, f"head dim {name}width/{name}heads = {w // h} must be divisible by 4 for 2-D RoPE")
+    need(c['pred_width'] % c['num_groups'] == 0,
+         f"--num_groups={c['num_groups']} must divide --pred_width={c['pred_width']}")
+    need(c['epochs'] > 0 or c['steps'] > 0 or c['budget_minutes'] > 0,
+         "nothing to train: set --epochs, --steps or --budget_minutes above 0")
+    need(c['device'] in ('auto', 'cuda', 'mps', 'cpu'), f"--device={c['device']}: auto | cuda | mps | cpu")
+    need(c['method'] not in ('lejepa',) or c['global_views'] >= 2 or c['local_views'] >= 1,
+         "lejepa needs at least two views: raise --global_views or --local_views")
+
+def pick_device(name):
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise UserError("--device=cuda but torch sees no CUDA GPU: use --device=auto or cpu")
+    if name == 'mps' and not torch.backends.mps.is_available():
+        raise UserError("--device=mps but this torch has no MPS backend: use --device=auto or cpu")
+    return name
 
 def cli(main_fn, argv):
     """Run a command-line entry point: bad input is one `error:` line on stderr and exit code 2, never a traceback."""
     try:
-        main_fn(argv)
+        try:
+            main_fn(argv)
+        finally:
+            sys.stdout.flush()  # here, so that a reader who left early (`| head`) is caught below
+        return 0
+    except BrokenPipeError:  # output piped into head or a pager that closed: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

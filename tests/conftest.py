@@ -15,7 +15,7 @@ settings.load_profile('ci')
 
 TINY = ['--img_size=16', '--patch_size=4', '--width=32', '--depth=1', '--heads=2', '--pred_width=16',
         '--pred_depth=1', '--pred_heads=1', '--batch_size=32', '--num_slices=32', '--log_every=5',
-        '--proj_dim=16', '--local_views=2', '--num_groups=4']
+        '--proj_dim=16', '--local_views=2', '--num_groups=4', '--triton_kernels=False']
 
 
 @pytest.fixture

@@ -138,3 +138,17 @@ def test_report_from_a_tiny_run_is_self_contained(tiny_args, tmp_path):
 def test_analyze_cli_errors(argv, msg, capsys):
     assert jepa.cli(analyze.main, argv) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_heatmaps_carry_a_labelled_colour_bar():
+    fig = analyze.heatmap(np.array([[0.0, 0.5], [1.0, -0.25]]), 8, 'layer 0')
+    labels = re.findall(r'<text[^>]*>([^<]*)</text>', fig)
+    assert 'class="colorbar"' in fig and fig.count('<rect') == 32 and labels == ['-0.25', '0.375', '1']
+    assert '<figcaption>layer 0</figcaption>' in fig and fig.count('<img src="data:image/png;base64,') == 1
+
+
+def test_a_chart_with_one_point_shows_the_point_and_its_value():
+    svg = analyze.svg_lines({'effective_rank': [(1.0, 7.25)]}, 'effective_rank')
+    labels = re.findall(r'<text[^>]*>([^<]*)</text>', svg)
+    assert svg.count('<circle') == 1 and '7.25' in labels
+    assert len([t for t in labels if re.fullmatch(r'-?[\d.e+-]+', t)]) >= 5  # both ends of both axes, and the value

@@ -16,7 +16,7 @@ from test_data import jpeg, write_cifar_tar, write_tinyimagenet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ['--steps=2', '--probe=False', '--img_size=16', '--width=32', '--depth=1', '--heads=2', '--pred_width=16',
-        '--pred_depth=1', '--pred_heads=1', '--batch_size=8']
+        '--pred_depth=1', '--pred_heads=1', '--batch_size=8', '--triton_kernels=False']
 
 
 def run_cli(main_fn, argv, capsys):
@@ -182,3 +182,14 @@ def test_real_command_line_prints_one_line_and_exits_2(script, argv, match, tmp_
     r = subprocess.run([sys.executable, os.path.join(ROOT, script)] + argv, capture_output=True, text=True, cwd=tmp_path)
     assert_clean_error(r.returncode, r.stderr, match)
     assert not os.path.exists(tmp_path / 'runs'), "a failed start must not leave a run directory"
+
+
+@pytest.mark.parametrize('script', ['jepa.py', 'probe.py', 'analyze.py'])
+def test_help_piped_into_a_reader_that_left_ends_quietly(script):
+    """`python jepa.py -h | head -1`: the reader closes the pipe early; the tool must not print a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is already gone
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script), '-h'], stdout=write_end, stderr=subprocess.PIPE,
+                       text=True, timeout=120)
+    os.close(write_end)
+    assert r.returncode == 0 and r.stderr == '', r.stderr[-2000:]

@@ -1,0 +1,89 @@
+"""jepa.py's training step through the Triton kernels, on CPU in Triton's interpreter (TRITON_INTERPRET=1, set
+in conftest.py): every method trains through them and logs the losses of the PyTorch path; a kernel that fails
+to compile or launch costs one warning line, not the run."""
+import json
+import os
+from collections import Counter
+
+import pytest
+import torch
+
+import jepa
+
+pytest.importorskip('triton', reason='triton is not installed (make install adds it where it installs)')
+import kernels  # noqa: E402
+from kernels import attention as KA, sigreg as KS  # noqa: E402
+from triton.runtime.errors import OutOfResources  # noqa: E402
+
+KERNELS = {KA: ('_attn_fwd', '_attn_bwd_dkdv', '_attn_bwd_dq'), KS: ('_cf_sums_fwd', '_cf_sums_bwd')}
+EXTRA = {'sparse': ['--kl_beta=0.01'], 'lejepa': ['--local_views=1']}
+
+
+class Counted:
+    """A kernel that counts its launches and then runs as usual (or raises `error`, if given)."""
+    def __init__(self, fn, name, counts, error=None):
+        self.fn, self.name, self.counts, self.error = fn, name, counts, error
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.counts[self.name] += 1
+            if self.error is not None:
+                raise self.error
+            return self.fn[grid](*args, **meta)
+        return launch
+
+
+@pytest.fixture
+def counts(monkeypatch):
+    """Launches per kernel during the test; also forgets earlier kernel failures."""
+    c = Counter()
+    for module, names in KERNELS.items():
+        for name in names:
+            monkeypatch.setattr(module, name, Counted(getattr(module, name), name, c))
+    monkeypatch.setattr(kernels, 'failed', {})
+    return c
+
+
+def logged(tiny_args, method, use_kernels, tmp_path, tag):
+    args = [a for a in tiny_args if not a.startswith(('--out_dir', '--triton_kernels'))]
+    cfg = jepa.parse_args(args + [f'--method={method}', '--steps=3', '--log_every=1', '--probe=False', '--batch_size=8',
+                                  f'--triton_kernels={use_kernels}', f'--out_dir={tmp_path / tag}'] + EXTRA.get(method, []))
+    jepa.train(cfg)
+    with open(tmp_path / tag / 'log.jsonl') as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize('method', jepa.METHODS)
+def test_every_method_trains_through_the_kernels_with_the_same_losses(tiny_args, tmp_path, counts, method):
+    assert os.environ.get('TRITON_INTERPRET') == '1'
+    plain = logged(tiny_args, method, False, tmp_path, 'plain')
+    assert sum(counts.values()) == 0, counts
+    fused = logged(tiny_args, method, True, tmp_path, 'fused')
+    uses_sigreg = method in ('lejepa', 'ijepa_sigreg')
+    for name in ('_attn_fwd', '_attn_bwd_dkdv', '_attn_bwd_dq') + (('_cf_sums_fwd', '_cf_sums_bwd') if uses_sigreg else ()):
+        assert counts[name] > 0, (name, counts)
+    assert len(plain) == len(fused) == 3
+    for a, b in zip(plain, fused):
+        for key in ('loss', 'pred', 'inv', 'sigreg', 'infonce', 'kl'):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (key, a[key], b[key])
+
+
+@pytest.mark.parametrize('broken', ['_attn_bwd_dq', '_cf_sums_fwd'])
+def test_a_failing_kernel_falls_back_to_pytorch_with_one_warning(tiny_args, tmp_path, counts, monkeypatch, capfd, broken):
+    """The kernel raises what Triton raises when a launch needs more shared memory than the card has: the run
+    goes on, prints one warning naming the kernel family and configuration, and matches the PyTorch run."""
+    module = KA if broken.startswith('_attn') else KS
+    monkeypatch.setattr(module, broken, Counted(getattr(module, broken).fn, broken, counts,
+                                                OutOfResources(300_000, 232_448, 'shared memory')))
+    plain = logged(tiny_args, 'ijepa_sigreg', False, tmp_path, 'plain')
+    fused = logged(tiny_args, 'ijepa_sigreg', True, tmp_path, 'fused')
+    err = capfd.readouterr().err
+    family = 'attention' if module is KA else 'sigreg'
+    warnings = [line for line in err.splitlines() if line.startswith('warning: Triton')]
+    assert len(warnings) == 1 and f'Triton {family} kernel failed' in warnings[0] and 'OutOfResources' in warnings[0], err
+    assert 'using the PyTorch path for the rest of the run' in warnings[0]
+    assert counts[broken] == 1  # tried once; every later call went straight to PyTorch
+    assert family in kernels.failed
+    for a, b in zip(plain, fused):
+        assert b['loss'] == pytest.approx(a['loss'], rel=1e-3), (a, b)
