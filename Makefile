@@ -18,8 +18,9 @@ run: install
 test: install-test
 	$(PYTHON) -m pytest -q tests
 
-bench: install
-	$(PYTHON) tests/bench_masks.py
+bench: install  ## IJEPA=path/to/facebookresearch/ijepa puts the official code beside ours
+	$(PYTHON) tests/bench_masks.py $(if $(IJEPA),--ijepa=$(IJEPA))
+	$(PYTHON) tests/bench_ijepa_step.py $(if $(IJEPA),--ijepa=$(IJEPA))
 	$(PYTHON) -c "import kernels.sigreg as k; k.bench()"
 	$(PYTHON) -c "import kernels.attention as k; k.bench()"
 
