@@ -15,7 +15,6 @@ definition used here.
 import copy
 import difflib
 import hashlib
-import importlib.util
 import io
 import json
 import math
@@ -121,8 +120,14 @@ def rope(x, pos, theta=ROPE_THETA):
 def kernels_available(t):
     """Can the Triton kernels take tensor t? On CUDA when triton imports; on CPU only in Triton's interpreter
     (TRITON_INTERPRET=1), which runs them slowly but exactly as written (tests use that)."""
-    on = t.is_cuda or (t.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1')
-    return on and importlib.util.find_spec('triton') is not None
+    if not (t.is_cuda or (t.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1')):
+        return False
+    try:
+        import kernels.attention  # noqa: F401  (a triton that does not import means: no kernels)
+        import kernels.sigreg  # noqa: F401
+        return True
+    except ImportError:
+        return False
 
 def attention(q, k, v, pos, kernels=False):
     """Non-causal softmax attention with 2-D RoPE on q and k. q, k, v (B, H, N, d) -> (B, H, N, d).
@@ -1046,8 +1051,11 @@ def truncate_log(path, step):
 
 def versions(dev):
     v = {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'device': dev}
-    if importlib.util.find_spec('triton') is not None:
-        v['triton'] = __import__('triton').__version__
+    try:
+        import triton
+        v['triton'] = triton.__version__
+    except ImportError:
+        pass
     if dev.startswith('cuda'):
         v['gpu'] = torch.cuda.get_device_name()
     return v
