@@ -34,14 +34,15 @@ failed = {}  # kernel family ('attention', 'sigreg') -> the error that switched 
 
 def run_or_fall_back(family, config, kernel_call, fallback_call):
     """kernel_call() unless this family has failed before; on a Triton compile or out-of-resources error, one
-    warning line, and fallback_call() (the PyTorch path) for this call and every later one."""
+    warning line naming config() (a callable: nothing is formatted on the hot path), and fallback_call() (the
+    PyTorch path) for this call and every later one."""
     if family not in failed:
         try:
             return kernel_call()
         except TritonError as e:
             failed[family] = e
             msg = str(e).strip().splitlines()
-            print(f"warning: Triton {family} kernel failed ({config}): {type(e).__name__}: {msg[-1] if msg else ''}; "
+            print(f"warning: Triton {family} kernel failed ({config()}): {type(e).__name__}: {msg[-1] if msg else ''}; "
                   f"using the PyTorch path for the rest of the run", file=sys.stderr, flush=True)
     return fallback_call()
 

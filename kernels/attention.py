@@ -245,7 +245,7 @@ class Attention(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, p, o, lse = ctx.saved_tensors
         do = do.contiguous()
-        config = f"backward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}"
+        config = lambda: f"backward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}"  # noqa: E731
         grads = run_or_fall_back('attention', config, lambda: _backward(q, k, v, p, o, lse, do, *ctx.meta),
                                  lambda: vjp(ctx.fallback, (q, k, v), do))
         return (*grads, None, None, None)
@@ -280,7 +280,8 @@ def attention(q, k, v, pos=None, theta=100.0, fallback=None):
     if D not in LAUNCH:
         raise ValueError(f"head dim {D} not supported: use {', '.join(map(str, LAUNCH))}")
     fallback = fallback or (lambda q, k, v: attention_sdpa(q, k, v, pos, theta))
-    config = f"forward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}, {'RoPE' if pos is not None else 'no RoPE'}"
+    def config():
+        return f"forward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}, {'RoPE' if pos is not None else 'no RoPE'}"
     return run_or_fall_back('attention', config, lambda: Attention.apply(q, k, v, pos, theta, fallback),
                             lambda: fallback(q, k, v))
 

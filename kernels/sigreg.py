@@ -138,9 +138,9 @@ class CFSums(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_cos, g_sin):
         y, t = ctx.saved_tensors
-        config = f"backward, {y.dtype}, (N, M) = {tuple(y.shape)}"
-        (dy,) = run_or_fall_back('sigreg', config, lambda: (_backward(y, g_cos, g_sin, ctx.T, ctx.dt),),
-                                 lambda: vjp(lambda y: ctx.fallback(y, t), (y,), (g_cos, g_sin)))
+        config = lambda: f"backward, {y.dtype}, (N, M) = {tuple(y.shape)}"  # noqa: E731
+        dy = run_or_fall_back('sigreg', config, lambda: _backward(y, g_cos, g_sin, ctx.T, ctx.dt),
+                              lambda: vjp(lambda y: ctx.fallback(y, t), (y,), (g_cos, g_sin))[0])
         return dy, None, None
 
 
@@ -158,7 +158,7 @@ def cf_sums(y, t, fallback=cf_sums_reference):
     -> (M, T) fp32 each; differentiable in y. Partial sums of row shards add up to the full-batch sums.
     fallback(y, t): the same in PyTorch; if a kernel fails to compile or launch on this GPU, a warning is printed
     and the fallback computes this call and every later one."""
-    config = f"forward, {y.dtype}, (N, M) = {tuple(y.shape)}"
+    config = lambda: f"forward, {y.dtype}, (N, M) = {tuple(y.shape)}"  # noqa: E731
     return run_or_fall_back('sigreg', config, lambda: CFSums.apply(y, t, fallback), lambda: fallback(y, t))
 
 
