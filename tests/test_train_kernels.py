@@ -6,7 +6,6 @@ import os
 from collections import Counter
 
 import pytest
-import torch
 
 import jepa
 
