@@ -12,21 +12,7 @@ Papers: I-JEPA (Assran et al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJE
 2025), oi-VAE (Ainsworth et al. 2018), RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every
 definition used here.
 """
-import copy
-import difflib
-import hashlib
-import io
-import json
-import math
-import os
-import pickle
-import re
-import sys
-import tarfile
-import time
-import urllib.request
-import zipfile
-import zlib
+import copy, difflib, hashlib, io, json, math, os, pickle, re, sys, tarfile, time, urllib.request, zipfile, zlib
 from contextlib import nullcontext
 
 import numpy as np
@@ -91,7 +77,6 @@ DATASETS = ('shapes', 'cifar10', 'cifar100', 'tinyimagenet', 'folder')
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2, no traceback."""
 
-
 # ----------------------------------------------------------------------------- model
 # ViT-nano: patch embedding, pre-norm transformer blocks, final LayerNorm. Positions enter only through 2-D
 # axial RoPE on queries and keys; there is no position table, so a subset of tokens (the I-JEPA context) or a
@@ -120,14 +105,13 @@ def rope(x, pos, theta=ROPE_THETA):
 def kernels_available(t):
     """Can the Triton kernels take tensor t? On CUDA when triton imports; on CPU only in Triton's interpreter
     (TRITON_INTERPRET=1), which runs them slowly but exactly as written (tests use that)."""
-    if not (t.is_cuda or (t.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1')):
-        return False
-    try:
-        import kernels.attention  # noqa: F401  (a triton that does not import means: no kernels)
-        import kernels.sigreg  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    if t.is_cuda or (t.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1'):
+        try:
+            import kernels.attention, kernels.sigreg  # noqa: F401, E401  (a triton that does not import: no kernels)
+            return True
+        except ImportError:
+            pass
+    return False
 
 def attention(q, k, v, pos, kernels=False):
     """Non-causal softmax attention with 2-D RoPE on q and k. q, k, v (B, H, N, d) -> (B, H, N, d).
@@ -159,8 +143,7 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, dim, heads, kernels=False):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, kernels)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm1, self.attn, self.norm2 = nn.LayerNorm(dim), Attention(dim, heads, kernels), nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x, pos):
@@ -228,25 +211,18 @@ class Predictor(nn.Module):
             x = blk(x, pos)
         return self.head(self.norm(x[:, -Nt:])).view(B, nb, Nt, -1)
 
-class Projector(nn.Sequential):
-    """MLP head for the multi-view methods (LeJEPA, InfoNCE): pooled D -> K."""
-    def __init__(self, width, out_dim, hidden=512):
-        super().__init__(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, out_dim))
-
 class JEPA(nn.Module):
     """Everything one method trains. Which parts exist depends on the method (README: methods table)."""
     def __init__(self, cfg):
         super().__init__()
-        m = cfg['method']
-        kernels = cfg['triton_kernels']
+        m, kernels = cfg['method'], cfg['triton_kernels']
         self.encoder = ViT(cfg['patch_size'], cfg['width'], cfg['depth'], cfg['heads'], cfg['cls_token'], kernels)
-        self.target = None  # EMA target encoder (ijepa, sparse)
-        if m in ('ijepa', 'sparse'):
-            self.target = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.target = copy.deepcopy(self.encoder).requires_grad_(False) if m in ('ijepa', 'sparse') else None  # EMA
         if m in ('ijepa', 'ijepa_sigreg', 'sparse'):
             self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'], kernels)
         if m in ('lejepa', 'infonce'):
-            self.projector = Projector(cfg['width'], cfg['proj_dim'])
+            self.projector = nn.Sequential(  # MLP head of the multi-view methods: pooled D -> K
+                nn.Linear(cfg['width'], 512), nn.BatchNorm1d(512), nn.GELU(), nn.Linear(512, cfg['proj_dim']))
         if m == 'sparse' and cfg['kl_beta'] > 0:
             self.logvar = nn.Linear(cfg['width'], cfg['width'])  # Gaussian head: mean = context token
         self.cfg = cfg
@@ -263,9 +239,7 @@ def build_model(cfg, dev):
     torch.manual_seed(cfg['seed'])
     return JEPA(cfg).to(dev)
 
-
 # ----------------------------------------------------------------------------- masking (I-JEPA multi-block)
-
 def multiblock_masks(batch_size, grid_h, grid_w, *, num_targets=4, generator=None, device=None,
                      target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0)):
     """I-JEPA multi-block masks for a batch, vectorised, with no rejection loop.
@@ -311,9 +285,7 @@ def multiblock_masks(batch_size, grid_h, grid_w, *, num_targets=4, generator=Non
     context_idx = keep.nonzero()[:, 1].view(B, n_keep)  # (B, Nc), row-major
     return context_idx, target_idx
 
-
 # ----------------------------------------------------------------------------- objectives
-
 def prediction_loss(pred, target):
     """Mean smooth-L1 (beta = 1) between predicted and target features, in fp32: zero iff they are equal."""
     return F.smooth_l1_loss(pred.float(), target.float(), beta=1.0)
@@ -332,8 +304,7 @@ def ijepa_loss(model, img, cfg, g, step):
     h = F.layer_norm(h_full, h_full.shape[-1:])  # layer norm without affine parameters
     h = h.gather(1, tgt_idx.flatten(1).unsqueeze(-1).expand(-1, -1, h.shape[-1])).view(*tgt_idx.shape, -1)
     z = model.encoder(img, ctx_idx)  # (B, Nc, D)
-    logs = {}
-    kl = 0.0
+    logs, kl = {}, 0.0
     if hasattr(model, 'logvar'):
         logvar = model.logvar(z)
         kl = 0.5 * (z.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).sum(-1).mean()
@@ -344,8 +315,7 @@ def ijepa_loss(model, img, cfg, g, step):
     logs['pred'] = loss
     if cfg['method'] == 'ijepa_sigreg':
         lam = cfg['sigreg_weight']
-        reg = sigreg(h_full.mean(1), step, cfg['num_slices'], cfg['seed'], cfg['triton_kernels'])
-        logs['sigreg'] = reg
+        logs['sigreg'] = reg = sigreg(h_full.mean(1), step, cfg['num_slices'], cfg['seed'], cfg['triton_kernels'])
         loss = (1 - lam) * loss + lam * reg
     return loss + cfg['kl_beta'] * kl, logs
 
@@ -374,8 +344,7 @@ class CFSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, t):
         ctx.save_for_backward(y, t)
-        cos_sum = y.new_zeros(y.shape[1], t.numel())
-        sin_sum = y.new_zeros(y.shape[1], t.numel())
+        cos_sum, sin_sum = y.new_zeros(2, y.shape[1], t.numel())  # (M, T) each
         for yc in _chunks(y, t.numel()):
             ty = yc.unsqueeze(-1) * t  # (n, M, T), one chunk at a time
             cos_sum += ty.cos().sum(0)
@@ -393,9 +362,8 @@ class CFSums(torch.autograd.Function):
             i += len(yc)
         return dy, None
 
-def _chunks(y, T, elems=1 << 22):
-    n = max(1, elems // (y.shape[1] * T))
-    return y.split(n)
+def _chunks(y, T, elems=1 << 22):  # row blocks of y whose (n, M, T) products hold about `elems` numbers
+    return y.split(max(1, elems // (y.shape[1] * T)))
 
 def epps_pulley(y, num_knots=NUM_KNOTS, kernels=False):
     """Per-slice Epps-Pulley statistic T_m for projections y (N, M) -> (M,). Computed in fp32 (fp64 for fp64
@@ -423,8 +391,7 @@ def sigreg(z, step, num_slices=num_slices, seed=0, kernels=False):
     rank draws the same ones and a resumed run draws them again."""
     g = torch.Generator(device=z.device).manual_seed(seed * 1_000_003 + step)
     dt = torch.promote_types(z.dtype, torch.float32)  # fp32, or fp64 for fp64 embeddings
-    A = torch.randn(z.shape[-1], num_slices, generator=g, device=z.device, dtype=dt)  # (D, M)
-    A = A / A.norm(dim=0)
+    A = F.normalize(torch.randn(z.shape[-1], num_slices, generator=g, device=z.device, dtype=dt), dim=0)  # (D, M)
     y = z.to(dt) @ A  # (N, M) or (V, N, M)
     if y.dim() == 3:  # every view's slices are separate slices of its own: (N, V*M)
         y = y.permute(1, 0, 2).flatten(1)
@@ -443,9 +410,8 @@ def embed_views(model, views):
     """Projected, pooled embeddings of a list of same-size views -> (V, B, K)."""
     if not views:
         return None
-    B = views[0].shape[0]
     z = model.projector(model.encoder(torch.cat(views)).mean(1))  # (V*B, K)
-    return z.float().view(len(views), B, -1)
+    return z.float().view(len(views), views[0].shape[0], -1)
 
 def lejepa_loss(model, x, cfg, g, step):
     """LeJEPA: L = (1 - lambda) * mean_{v,n} ||mu_n - z_nv||^2 / K + lambda * mean_v SIGReg(z_v), where mu_n is
@@ -470,8 +436,7 @@ def info_nce(z1, z2, tau):
 
 def infonce_loss(model, x, cfg, g, step):
     """InfoNCE on two global views (ablation against SIGReg): invariance and anti-collapse in one contrastive term."""
-    img = normalize(x)
-    views = [color_jitter(random_resized_crop(img, cfg['img_size'], (0.3, 1.0), g), g) for _ in range(2)]
+    views, _ = lejepa_views(x, dict(cfg, global_views=2, local_views=0), g)  # two global views
     z = embed_views(model, views)  # (2, B, K)
     loss = info_nce(z[0], z[1], cfg['tau'])
     return loss, {'infonce': loss}
@@ -502,9 +467,7 @@ def group_sparsity(W, num_groups):
 OBJECTIVES = {'ijepa': ijepa_loss, 'ijepa_sigreg': ijepa_loss, 'sparse': ijepa_loss,
               'lejepa': lejepa_loss, 'infonce': infonce_loss}
 
-
 # ----------------------------------------------------------------------------- EMA and schedules
-
 @torch.no_grad()
 def ema_update(target, online, momentum):
     """theta_target <- m * theta_target + (1 - m) * theta_online."""
@@ -534,7 +497,6 @@ def make_optimizer(model, cfg):
         (no_decay if p.dim() < 2 or 'token' in name or name == 'encoder.cls' or group_lasso_w else decay).append(p)
     return torch.optim.AdamW([{'params': decay, 'weight_decay': cfg['weight_decay']},
                               {'params': no_decay, 'weight_decay': 0.0}], lr=cfg['lr'], betas=(0.9, 0.95))
-
 
 # ----------------------------------------------------------------------------- augmentation
 # Batched on the device: each image gets its own crop box, flip and jitter, through one grid_sample.
@@ -573,17 +535,11 @@ def color_jitter(x, g, strength=0.4, p_gray=0.2):
     x = torch.where((r[:, 3] < p_gray).view(B, 1, 1, 1), gray.expand_as(x), x)
     return (x.clamp(0, 1) - mean) / std
 
-
 # ----------------------------------------------------------------------------- training loop
-
 def step_generator(seed, step, dev, rank=0):
     """All randomness of one step (augmentation, masks, SIGReg noise) comes from a generator seeded by
     (seed, step, rank): a resumed run replays exactly the steps it would have taken."""
     return torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step + 1 + rank * 7_777_777)
-
-def epoch_order(seed, epoch, n, dev):
-    g = torch.Generator(device=dev).manual_seed(seed * 7_919 + epoch)
-    return torch.randperm(n, generator=g, device=dev)
 
 def train(cfg):
     """Pre-train one method; returns (model, data, stats). Only rank 0 logs and writes checkpoints."""
@@ -591,9 +547,8 @@ def train(cfg):
     main_rank = rank == 0
     say = print if main_rank else (lambda *a, **k: None)
     run_dir = cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}")
-    on_cuda = dev.startswith('cuda')
     torch.backends.cuda.matmul.allow_tf32 = True
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if on_cuda else nullcontext()
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev.startswith('cuda') else nullcontext()
     say(device_line(cfg, dev, world))
     data = load_data(cfg, dev)
     open_run_dir(run_dir, main_rank)  # only now: bad data leaves no empty run directory behind
@@ -631,7 +586,8 @@ def train(cfg):
     while (progress() < 1) if budget else (step < total):
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # a fresh permutation per epoch, seeded by it: resumable
-            order, order_epoch = epoch_order(cfg['seed'], epoch, n_train, dev), epoch
+            g = torch.Generator(device=dev).manual_seed(cfg['seed'] * 7_919 + epoch)
+            order, order_epoch = torch.randperm(n_train, generator=g, device=dev), epoch
         t0 = time.time()
         lr_now, wd, momentum = schedules(progress(), cfg)
         for group in opt.param_groups:
@@ -721,17 +677,14 @@ def log_record(model, cfg, epoch, loss, logs, grad_norm, schedule):
         rec['group_sparsity'] = group_sparsity(W, cfg['num_groups']).item()
     return rec
 
-
 # ----------------------------------------------------------------------------- summary
-
 def summarize(model, data, cfg, stats):
     """Linear probe of the trained representation and of a random-init encoder of the same shape."""
     out = {'method': cfg['method'], 'data': cfg['data']}
     if cfg['probe']:
         import probe  # probe.py: the one implementation of the evaluation protocol
-        dev = data['train_x'].device
-        random_cfg = dict(cfg, seed=cfg['seed'] + 1)
-        for name, enc in (('', model.features_encoder()), ('_random_init', build_model(random_cfg, dev).encoder)):
+        random_init = build_model(dict(cfg, seed=cfg['seed'] + 1), data['train_x'].device).encoder  # same shape
+        for name, enc in (('', model.features_encoder()), ('_random_init', random_init)):
             r = probe.evaluate(enc, data, linear_only=True)
             out[f'probe_acc{name}'] = r['linear']
     out.update({k: stats[k] for k in ('train_seconds', 'img_per_s', 'params_M', 'steps', 'final_loss')})
@@ -751,17 +704,17 @@ def main(argv):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
-
 # =============================================================================
 # plumbing: data readers
 # Every dataset becomes the same dict: uint8 images (N, 3, S, S) and int64 labels for a train and a test
 # split, plus class names. It is decoded once, then moved to the device; batches are indexed out of it and
 # augmented there, so the training loop runs no per-image Python.
 
-CIFAR = {  # canonical archives and the md5 sums torchvision checks
-    'cifar10': ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'c58f30108f718f92721af3b95e74349a'),
-    'cifar100': ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz', 'eb9058c3a382ffc7106e4002c42a8d85'),
-}
+CIFAR = {  # canonical archive, the md5 torchvision checks, its folder, the meta file
+    'cifar10': ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'c58f30108f718f92721af3b95e74349a',
+                'cifar-10-batches-py', 'batches.meta'),
+    'cifar100': ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz', 'eb9058c3a382ffc7106e4002c42a8d85',
+                 'cifar-100-python', 'meta')}
 # The embedded dataset's 12 classes: three identical blobs in one of 12 arrangements, as offsets on a unit
 # lattice (x right, y down). Every image holds the same parts, so a bag of patch statistics (what a random-init
 # encoder, average-pooled, mostly sees) cannot tell the classes apart; predicting a hidden blob from the visible
@@ -830,11 +783,8 @@ def load_cifar(cfg, url=None, md5=None):
     """CIFAR-10/100 in the python format, from --data_dir (tarball or extracted folder) or downloaded
     (url and md5 default to the canonical ones; tests point them at a local server)."""
     name = cfg['data']
-    canon_url, canon_md5 = CIFAR[name]
-    md5 = md5 or canon_md5
+    canon_url, canon_md5, folder, meta = CIFAR[name]
     root = cfg['data_dir'] or os.path.expanduser('~/.cache/nano-jepa')
-    folder = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}[name]
-    meta = 'meta' if name == 'cifar100' else 'batches.meta'
     if os.path.isdir(os.path.join(root, folder)):  # extracted archive inside root
         root = os.path.join(root, folder)
     elif root.endswith(('.tar.gz', '.tgz', '.tar')):  # an archive given by path
@@ -843,7 +793,7 @@ def load_cifar(cfg, url=None, md5=None):
     elif not os.path.exists(os.path.join(root, meta)):  # a cache folder: download the archive into it once
         archive = os.path.join(root, os.path.basename(canon_url))
         if not os.path.exists(archive):
-            download(url or canon_url, archive, md5)
+            download(url or canon_url, archive, md5 or canon_md5)
         root = archive
     src = FileSource(root)
     member = {os.path.basename(n): n for n in src.names}  # the batches sit in a sub-folder of the archive
@@ -913,9 +863,8 @@ def load_tinyimagenet(cfg):
     base = wnids_path[:-len('wnids.txt')]
     wnids = src.read(wnids_path).decode().split()
     label = {w: i for i, w in enumerate(wnids)}
-    words = {}
-    if base + 'words.txt' in src.names:
-        words = dict(line.split('\t', 1) for line in src.read(base + 'words.txt').decode().splitlines() if '\t' in line)
+    words = (dict(line.split('\t', 1) for line in src.read(base + 'words.txt').decode().splitlines() if '\t' in line)
+             if base + 'words.txt' in src.names else {})  # wnid -> "name, synonyms"
     train = [(n, label[n[len(base):].split('/')[1]]) for n in src.names
              if n.startswith(base + 'train/') and n.lower().endswith(IMAGE_EXTS) and n[len(base):].split('/')[1] in label]
     ann = base + 'val/val_annotations.txt'
@@ -938,23 +887,16 @@ def load_folder(cfg):
     if not imgs:
         raise UserError(f"{cfg['data_dir']} has no image files ({', '.join(IMAGE_EXTS)})")
     has_splits = any(n.startswith('train/') for n in imgs) and any(n.startswith('val/') for n in imgs)
-    splits = {}
-    for n in sorted(imgs):
-        parts = n.split('/')
-        if has_splits and parts[0] in ('train', 'val') and len(parts) >= 3:
-            splits.setdefault(parts[0], []).append((n, parts[1]))
-        elif not has_splits and len(parts) >= 2:
-            splits.setdefault('all', []).append((n, parts[-2]))
-    if not splits:
+    paths = [(n, n.split('/')) for n in sorted(imgs)]
+    items = ([(n, p[1], p[0]) for n, p in paths if p[0] in ('train', 'val') and len(p) >= 3] if has_splits else
+             [(n, p[-2], None) for n, p in paths if len(p) >= 2])  # (file, class, split or None)
+    if not items:
         raise UserError(f"{cfg['data_dir']}: images must sit in class sub-folders (root/<class>/<image>)")
-    classes = sorted({c for items in splits.values() for _, c in items})
-    if not has_splits:  # every 10th image of each class goes to the test split
-        count = {}
-        for n, c in splits.pop('all'):
-            count[c] = count.get(c, 0) + 1
-            splits.setdefault('val' if count[c] % 10 == 0 else 'train', []).append((n, c))
-    splits = {key: [(n, classes.index(c)) for n, c in splits.get(split, [])] for split, key in (('train', 'train'),
-                                                                                                ('val', 'test'))}
+    classes, count, splits = sorted({c for _, c, _ in items}), {}, {'train': [], 'test': []}
+    for n, c, split in items:
+        count[c] = count.get(c, 0) + 1  # without splits every 10th image of each class goes to the test split
+        test = split == 'val' if has_splits else count[c] % 10 == 0
+        splits['test' if test else 'train'].append((n, classes.index(c)))
     return decode_splits(src, cfg, splits, classes, hint=' (need >= 10 per class)')
 
 def decode_splits(src, cfg, splits, classes, hint=''):
@@ -985,9 +927,8 @@ def decode_all(src, names, size):
     return out
 
 def load_data(cfg, dev):
-    loader = {'shapes': load_shapes, 'cifar10': load_cifar, 'cifar100': load_cifar,
-              'tinyimagenet': load_tinyimagenet, 'folder': load_folder}[cfg['data']]
-    d = loader(cfg)
+    d = {'shapes': load_shapes, 'cifar10': load_cifar, 'cifar100': load_cifar,
+         'tinyimagenet': load_tinyimagenet, 'folder': load_folder}[cfg['data']](cfg)
     for k in ('train_x', 'test_x'):
         if d[k].shape[-1] != cfg['img_size']:  # cifar is stored at 32x32
             d[k] = F.interpolate(d[k].float(), size=cfg['img_size'], mode='bicubic', antialias=True).clamp(0, 255).round().byte()
@@ -995,7 +936,6 @@ def load_data(cfg, dev):
 
 # =============================================================================
 # plumbing: checkpoints and command line
-
 def open_run_dir(run_dir, main_rank):
     """Create the run directory; remove the half-written checkpoints of a killed run."""
     os.makedirs(run_dir, exist_ok=True)
@@ -1052,8 +992,7 @@ def truncate_log(path, step):
 def versions(dev):
     v = {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'device': dev}
     try:
-        import triton
-        v['triton'] = triton.__version__
+        v['triton'] = __import__('triton').__version__
     except ImportError:
         pass
     if dev.startswith('cuda'):
