@@ -4,6 +4,7 @@ step, same model, batch and optimiser, interleaved in one process so both see th
     python tests/bench_ijepa_step.py                          # ours only
     python tests/bench_ijepa_step.py --ijepa=PATH/TO/ijepa    # side by side with the official code (a checkout)
     python tests/bench_ijepa_step.py --ijepa=PATH --threads=1 --batch=128 --rounds=5
+    python tests/bench_ijepa_step.py --ijepa=PATH --masks=official   # ours on the official collator's masks
 
 Model (the issue's "official size"): 64x64 images, patch 8, ViT width 192, depth 6, 3 heads; predictor width 96,
 depth 4, 3 heads; 4 target blocks; AdamW; EMA update. Ours: `jepa.py`'s whole step (batched augmentation and
@@ -11,6 +12,9 @@ masking on the device, forward, backward, optimizer, EMA). Official: its train.p
 forward_context, smooth-L1, backward, AdamW, EMA); its masks and augmentation come from data-loader workers in
 training, so they are made before the clock starts. Printed per implementation: img/s, the mean number of
 context tokens the encoder sees, and encoder tokens/s (context + full-image target tokens per second).
+The two mask samplers keep different context sizes (ours 18-30 of 64 patches, the official collator 8-12: its
+context block never exceeds 7x7), so with --masks=official our step runs on the official collator's masks:
+then both see the same tokens and img/s compares the implementations alone.
 Nothing of the official code is part of this repository; pass a checkout of your own.
 """
 import argparse
@@ -29,17 +33,27 @@ import jepa  # noqa: E402
 SIZE = dict(img_size=64, patch_size=8, width=192, depth=6, heads=3, pred_width=96, pred_depth=4, pred_heads=3)
 
 
-def ours(batch):
+def ours(batch, masks=None):
+    """Our whole step; masks: a list of official (masks_enc, masks_pred) to use instead of our sampler."""
     cfg = jepa.parse_args([f'--{k}={v}' for k, v in SIZE.items()] + [f'--batch_size={batch}', '--triton_kernels=False'])
     model = jepa.build_model(cfg, 'cpu')
     opt = jepa.make_optimizer(model, cfg)
     x = (torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).byte()
-    grid = SIZE['img_size'] // SIZE['patch_size']
-    ctx = []
+    ctx, sampler, now = [], jepa.multiblock_masks, [0]
+
+    def counted_masks(*args, **kwargs):  # the step's own masks (or the official ones), counted, not redrawn
+        if masks is None:
+            context_idx, target_idx = sampler(*args, **kwargs)
+        else:
+            masks_enc, masks_pred = masks[now[0] % len(masks)]
+            context_idx, target_idx = masks_enc[0], torch.stack(masks_pred, 1)  # (B, Nc), (B, 4, Nt)
+        ctx.append(context_idx.shape[1])
+        return context_idx, target_idx
+    jepa.multiblock_masks = counted_masks
 
     def step(i):
         g = jepa.step_generator(0, i, 'cpu')
-        ctx.append(jepa.multiblock_masks(batch, grid, grid, generator=jepa.step_generator(0, i, 'cpu'))[0].shape[1])
+        now[0] = i
         loss, _ = model(x, g, i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -48,9 +62,18 @@ def ours(batch):
     return step, ctx
 
 
-def official(path, batch):
+def official_masks(path, batch, n=8):
+    """n batches of the official collator's masks, (masks_enc, masks_pred) each, as its loader workers make them."""
     sys.path.insert(0, path)
     from src.masks.multiblock import MaskCollator
+    collator = MaskCollator(input_size=(64, 64), patch_size=8, enc_mask_scale=(0.85, 1.0), pred_mask_scale=(0.15, 0.2),
+                            aspect_ratio=(0.75, 1.5), nenc=1, npred=4, min_keep=4, allow_overlap=False)
+    torch.manual_seed(0)
+    return [collator([torch.zeros(1)] * batch)[1:] for _ in range(n)]
+
+
+def official(path, batch, masks):
+    sys.path.insert(0, path)
     from src.masks.utils import apply_masks
     from src.models.vision_transformer import VisionTransformer, VisionTransformerPredictor
     from src.utils.tensors import repeat_interleave_batch
@@ -60,10 +83,7 @@ def official(path, batch):
                                            predictor_embed_dim=96, depth=4, num_heads=3)
     target = copy.deepcopy(encoder).requires_grad_(False)
     opt = torch.optim.AdamW(list(encoder.parameters()) + list(predictor.parameters()), lr=1e-4, weight_decay=0.04)
-    collator = MaskCollator(input_size=(64, 64), patch_size=8, enc_mask_scale=(0.85, 1.0), pred_mask_scale=(0.15, 0.2),
-                            aspect_ratio=(0.75, 1.5), nenc=1, npred=4, min_keep=4, allow_overlap=False)
     imgs = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    masks = [collator([torch.zeros(1)] * batch)[1:] for _ in range(8)]  # made by loader workers in training
     ctx = []
 
     def step(i):
@@ -90,14 +110,19 @@ def main():
     ap.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch threads (default: all)')
     ap.add_argument('--steps', type=int, default=5, help='timed steps per round (default 5)')
     ap.add_argument('--rounds', type=int, default=3, help='rounds, each timing every implementation once (default 3)')
+    ap.add_argument('--masks', choices=('ours', 'official'), default='ours',
+                    help="masks of our step: our sampler, or the official collator's (needs --ijepa)")
     a = ap.parse_args()
+    if a.masks == 'official' and not a.ijepa:
+        ap.error('--masks=official needs --ijepa=PATH (the collator comes from the official code)')
     torch.set_num_threads(a.threads)
-    impls = {'jepa.py': ours(a.batch)}
+    masks = official_masks(a.ijepa, a.batch) if a.ijepa else None
+    impls = {'jepa.py': ours(a.batch, masks if a.masks == 'official' else None)}
     if a.ijepa:
-        impls['official'] = official(a.ijepa, a.batch)
+        impls['official'] = official(a.ijepa, a.batch, masks)
     L = (SIZE['img_size'] // SIZE['patch_size']) ** 2
     print(f"I-JEPA step, batch {a.batch}, ViT 192x6x3 + predictor 96x4x3, 64px / patch 8 ({L} tokens), "
-          f"{a.threads} threads, torch {torch.__version__}")
+          f"{a.threads} threads, torch {torch.__version__}, our masks: {a.masks}")
     for step, _ in impls.values():
         step(0)  # warm-up
     times = {name: [] for name in impls}
