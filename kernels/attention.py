@@ -12,7 +12,8 @@ Algorithm (FlashAttention-2): forward streams key/value blocks with an online so
 per query; backward recomputes the probabilities from it, one kernel for dk, dv (a program per key block) and
 one for dq (a program per query block), so nothing is accumulated with atomics. A block holds up to 32-128 tokens
 (the LAUNCH table below: per head dim, from what the compiler reports in compile_check.py), so a 64-token ViT
-sequence is one block in the forward. fp32, fp16 and bf16 inputs; accumulation and softmax in fp32 (fp32 inputs use exact fp32 dots).
+sequence is one block in the forward. fp32, fp16 and bf16 inputs; accumulation and softmax in fp32 (fp32 inputs
+use exact fp32 dots).
 
 RoPE (README "Math"): head dim d, channel pair m = (2m, 2m+1) rotates by phi_m = column * w_m for m < d/4 and
 row * w_(m - d/4) otherwise, w_j = theta^(-4j/d), theta = 100.
