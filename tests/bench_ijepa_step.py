@@ -5,6 +5,8 @@ step, same model, batch and optimiser, interleaved in one process so both see th
     python tests/bench_ijepa_step.py --ijepa=PATH/TO/ijepa    # side by side with the official code (a checkout)
     python tests/bench_ijepa_step.py --ijepa=PATH --threads=1 --batch=128 --rounds=5
     python tests/bench_ijepa_step.py --ijepa=PATH --masks=official   # ours on the official collator's masks
+    python tests/bench_ijepa_step.py --bf16 --compile                 # ours as is, beside ours under CPU bf16
+                                                                      # autocast and beside ours torch.compiled
 
 Model (the issue's "official size"): 64x64 images, patch 8, ViT width 192, depth 6, 3 heads; predictor width 96,
 depth 4, 3 heads; 4 target blocks; AdamW; EMA update. Ours: `jepa.py`'s whole step (batched augmentation and
@@ -33,11 +35,15 @@ import jepa  # noqa: E402
 SIZE = dict(img_size=64, patch_size=8, width=192, depth=6, heads=3, pred_width=96, pred_depth=4, pred_heads=3)
 
 
-def ours(batch, masks=None):
-    """Our whole step; masks: a list of official (masks_enc, masks_pred) to use instead of our sampler."""
-    cfg = jepa.parse_args([f'--{k}={v}' for k, v in SIZE.items()] + [f'--batch_size={batch}', '--triton_kernels=False'])
+def ours(batch, masks=None, bf16=False, compile=False):
+    """Our whole step; masks: a list of official (masks_enc, masks_pred) to use instead of our sampler;
+    bf16: the forward under torch.autocast('cpu', bfloat16); compile: the networks torch.compiled, as --compile does."""
+    cfg = jepa.parse_args([f'--{k}={v}' for k, v in SIZE.items()] + [f'--batch_size={batch}', '--triton_kernels=False',
+                                                                     f'--compile={compile}'])
     model = jepa.build_model(cfg, 'cpu')
     opt = jepa.make_optimizer(model, cfg)
+    jepa.distribute_and_compile(model, cfg, 1, 'cpu')
+    autocast = torch.autocast('cpu', dtype=torch.bfloat16) if bf16 else jepa.nullcontext()
     x = (torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).byte()
     ctx, sampler, now = [], jepa.multiblock_masks, [0]
 
@@ -54,7 +60,8 @@ def ours(batch, masks=None):
     def step(i):
         g = jepa.step_generator(0, i, 'cpu')
         now[0] = i
-        loss, _ = model(x, g, i)
+        with autocast:
+            loss, _ = model(x, g, i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -112,19 +119,29 @@ def main():
     ap.add_argument('--rounds', type=int, default=3, help='rounds, each timing every implementation once (default 3)')
     ap.add_argument('--masks', choices=('ours', 'official'), default='ours',
                     help="masks of our step: our sampler, or the official collator's (needs --ijepa)")
+    ap.add_argument('--bf16', action='store_true', help='also time our step under CPU bf16 autocast')
+    ap.add_argument('--compile', action='store_true', help='also time our step torch.compiled (slow first steps)')
     a = ap.parse_args()
     if a.masks == 'official' and not a.ijepa:
         ap.error('--masks=official needs --ijepa=PATH (the collator comes from the official code)')
     torch.set_num_threads(a.threads)
     masks = official_masks(a.ijepa, a.batch) if a.ijepa else None
-    impls = {'jepa.py': ours(a.batch, masks if a.masks == 'official' else None)}
+    our_masks = masks if a.masks == 'official' else None
+    impls = {'jepa.py': ours(a.batch, our_masks)}
+    if a.bf16:
+        impls['bf16'] = ours(a.batch, our_masks, bf16=True)
+    if a.compile:
+        impls['compiled'] = ours(a.batch, our_masks, compile=True)
     if a.ijepa:
         impls['official'] = official(a.ijepa, a.batch, masks)
     L = (SIZE['img_size'] // SIZE['patch_size']) ** 2
     print(f"I-JEPA step, batch {a.batch}, ViT 192x6x3 + predictor 96x4x3, 64px / patch 8 ({L} tokens), "
           f"{a.threads} threads, torch {torch.__version__}, our masks: {a.masks}")
-    for step, _ in impls.values():
-        step(0)  # warm-up
+    for name, (step, _) in impls.items():
+        t0 = time.perf_counter()
+        for i in range(3 if name == 'compiled' else 1):  # warm-up (compiling: the first steps recompile)
+            step(1000 + i)
+        print(f"{name:>9}: warm-up {time.perf_counter() - t0:.1f} s", flush=True)
     times = {name: [] for name in impls}
     for r in range(a.rounds):
         for name, (step, ctx) in impls.items():
