@@ -42,7 +42,7 @@ epochs = 8                # passes over the training set
 steps = 0                 # total optimizer steps; overrides epochs when > 0
 budget_minutes = 0.0      # > 0: train for this wall-clock budget; schedules follow the elapsed fraction
 batch_size = 16           # images per optimizer step (small: short CPU budgets need steps; README: Results)
-lr = 1e-3                 # peak AdamW learning rate, reached after warm-up (I-JEPA collapses at 2e-3, batch 16)
+lr = 0.0                  # peak AdamW lr, reached after warm-up; 0 = 1e-3 * 128 / width (README: Results)
 min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
@@ -1074,7 +1074,8 @@ def parse_args(argv, defaults=None, help_text=None):
             close = difflib.get_close_matches(key, cfg, n=1)
             raise UserError(f"unknown config key {key!r}" + (f"; did you mean --{close[0]}?" if close else " (see -h)"))
         cfg[key] = _cast(key, val, cfg[key])
-    if defaults is None:
+    if defaults is None:  # lr 0: Adam's muP rule, a wider encoder takes smaller steps (1e-3 at width 128)
+        cfg['lr'] = cfg['lr'] or 1e-3 * 128 / cfg['width']
         check_config(cfg)
     return cfg
 
@@ -1144,7 +1145,6 @@ def cli(main_fn, argv):
     except KeyboardInterrupt:
         print("\ninterrupted: the newest ckpt_*.pt in the run directory resumes with --resume=True", file=sys.stderr)
         return 130
-
 
 if __name__ == '__main__':
     sys.exit(cli(main, sys.argv[1:]))

@@ -9,6 +9,14 @@ def test_override_and_int_accepted_for_float():
     assert cfg['epochs'] == 3 and cfg['compile'] is True and cfg['method'] == 'lejepa'
 
 
+def test_default_lr_follows_width_until_set():
+    """--lr=0 (the default) is 1e-3 at width 128 and scales as 128/width (Adam's muP rule); a set lr is kept."""
+    assert jepa.parse_args([])['lr'] == pytest.approx(1e-3)
+    assert jepa.parse_args(['--width=192', '--heads=3'])['lr'] == pytest.approx(1e-3 * 128 / 192)
+    assert jepa.parse_args(['--width=64', '--heads=2'])['lr'] == pytest.approx(2e-3)
+    assert jepa.parse_args(['--width=192', '--heads=3', '--lr=5e-4'])['lr'] == 5e-4
+
+
 def test_required_keys_exist():
     for key in ('data', 'data_dir', 'out_dir', 'epochs', 'steps', 'budget_minutes', 'batch_size', 'seed',
                 'resume', 'device', 'compile'):
