@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import jepa  # noqa: E402
 
+SAMPLER = jepa.multiblock_masks  # ours; each step below swaps in its own counting wrapper around it
 SIZE = dict(img_size=64, patch_size=8, width=192, depth=6, heads=3, pred_width=96, pred_depth=4, pred_heads=3)
 
 
@@ -45,21 +46,20 @@ def ours(batch, masks=None, bf16=False, compile=False):
     jepa.distribute_and_compile(model, cfg, 1, 'cpu')
     autocast = torch.autocast('cpu', dtype=torch.bfloat16) if bf16 else jepa.nullcontext()
     x = (torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).byte()
-    ctx, sampler, now = [], jepa.multiblock_masks, [0]
+    ctx, now = [], [0]
 
     def counted_masks(*args, **kwargs):  # the step's own masks (or the official ones), counted, not redrawn
         if masks is None:
-            context_idx, target_idx = sampler(*args, **kwargs)
+            context_idx, target_idx = SAMPLER(*args, **kwargs)
         else:
             masks_enc, masks_pred = masks[now[0] % len(masks)]
             context_idx, target_idx = masks_enc[0], torch.stack(masks_pred, 1)  # (B, Nc), (B, 4, Nt)
         ctx.append(context_idx.shape[1])
         return context_idx, target_idx
-    jepa.multiblock_masks = counted_masks
 
-    def step(i):
+    def step(i):  # several of these may be interleaved: each installs its own wrapper (not one nested in another)
+        jepa.multiblock_masks, now[0] = counted_masks, i
         g = jepa.step_generator(0, i, 'cpu')
-        now[0] = i
         with autocast:
             loss, _ = model(x, g, i)
         opt.zero_grad(set_to_none=True)
