@@ -47,7 +47,8 @@ min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
-ema = 0.99                # EMA momentum at the start, rising linearly to 1 (ijepa, sparse); official 0.996 is for ~1e5 steps
+ema = 0.99                # EMA momentum at the start (ijepa, sparse); official 0.996 is for ~1e5 steps
+ema_end = 1.0             # EMA momentum at the end, reached linearly (official: 1)
 # regularisers
 sigreg_weight = 0.05      # lambda in (1-lambda)*prediction_or_invariance + lambda*SIGReg (lejepa, ijepa_sigreg)
 num_slices = 256          # M random directions per SIGReg evaluation
@@ -174,7 +175,8 @@ class ViT(nn.Module):
         Returns patch tokens (B, N, D); a CLS token, if any, takes part in attention but is not returned."""
         x = self.patch_embed(img)  # (B, D, S/p, S/p)
         grid_w = x.shape[-1]
-        x = x.flatten(2).transpose(1, 2)  # (B, L, D)
+        x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D); contiguous, or every residual add keeps the
+        # transposed strides and each layer norm and linear of the full-image pass copies its input first
         if idx is None:
             pos = grid_pos(torch.arange(x.shape[1], device=x.device), grid_w)  # (L, 2)
         else:
@@ -475,8 +477,8 @@ def ema_update(target, online, momentum):
         pt.lerp_(po.detach(), 1 - momentum)
 
 def schedules(progress, cfg):
-    """Learning rate (linear warm-up, cosine decay), weight decay (cosine rise) and EMA momentum (linear to 1)
-    at a fraction `progress` in [0, 1] of training."""
+    """Learning rate (linear warm-up, cosine decay), weight decay (cosine rise) and EMA momentum (linear from ema
+    to ema_end) at a fraction `progress` in [0, 1] of training."""
     p = min(max(progress, 0.0), 1.0)
     if p < cfg['warmup']:
         lr_now = cfg['lr'] * p / cfg['warmup']
@@ -484,7 +486,7 @@ def schedules(progress, cfg):
         q = (p - cfg['warmup']) / (1 - cfg['warmup'])
         lr_now = cfg['min_lr'] + (cfg['lr'] - cfg['min_lr']) * 0.5 * (1 + math.cos(math.pi * q))
     wd = cfg['weight_decay_end'] + (cfg['weight_decay'] - cfg['weight_decay_end']) * 0.5 * (1 + math.cos(math.pi * p))
-    momentum = cfg['ema'] + (1 - cfg['ema']) * p
+    momentum = cfg['ema'] + (cfg['ema_end'] - cfg['ema']) * p
     return lr_now, wd, momentum
 
 def make_optimizer(model, cfg):
@@ -1104,6 +1106,7 @@ def check_config(c):
     need(c['tau'] > 0, f"--tau={c['tau']}: the InfoNCE temperature must be > 0")
     need(0 <= c['warmup'] < 1, f"--warmup={c['warmup']}: a fraction of training in [0, 1)")
     need(0 <= c['ema'] <= 1, f"--ema={c['ema']}: a momentum in [0, 1]")
+    need(0 <= c['ema_end'] <= 1, f"--ema_end={c['ema_end']}: a momentum in [0, 1]")
     need(0 <= c['sigreg_weight'] <= 1, f"--sigreg_weight={c['sigreg_weight']}: lambda must be in [0, 1]")
     need(c['img_size'] % c['patch_size'] == 0,
          f"--patch_size={c['patch_size']} does not divide --img_size={c['img_size']}")
