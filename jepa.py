@@ -48,7 +48,7 @@ warmup = 0.1              # fraction of training spent in linear lr warm-up
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
 ema = 0.99                # EMA momentum at the start (ijepa, sparse); official 0.996 is for ~1e5 steps
-ema_end = 1.0             # EMA momentum at the end, reached linearly (official: 1)
+ema_end = 0.99            # EMA momentum at the end, reached linearly; official 1 freezes short runs' teacher (README)
 # regularisers
 sigreg_weight = 0.05      # lambda in (1-lambda)*prediction_or_invariance + lambda*SIGReg (lejepa, ijepa_sigreg)
 num_slices = 256          # M random directions per SIGReg evaluation
@@ -114,15 +114,22 @@ def kernels_available(t):
             pass
     return False
 
-def attention(q, k, v, pos, kernels=False):
-    """Non-causal softmax attention with 2-D RoPE on q and k. q, k, v (B, H, N, d) -> (B, H, N, d).
-    RoPE, then PyTorch's SDPA; with kernels=True the fused kernel rotates q and k as it loads them (and falls
-    back to the PyTorch path, with a warning, if it cannot compile or launch on this GPU)."""
+def visible(seg):
+    """seg (N,) segment of each token -> bool (N, N), [query, key]: a key in segment 0 is seen by every query,
+    any other key only by queries of its own segment."""
+    return (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
+
+def attention(q, k, v, pos, kernels=False, seg=None):
+    """Non-causal softmax attention with 2-D RoPE on q and k. q, k, v (B, H, N, d) -> (B, H, N, d); seg (N,)
+    optional segment ids (see visible). RoPE, then PyTorch's SDPA; with kernels=True the fused kernel rotates
+    q and k as it loads them (and falls back to the PyTorch path, with a warning, if it cannot compile or
+    launch on this GPU)."""
     def pytorch(q, k, v):
-        return F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v)
+        return F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v,
+                                              attn_mask=None if seg is None else visible(seg))
     if kernels and kernels_available(q):
         from kernels.attention import attention as fused_attention
-        return fused_attention(q, k, v, pos, ROPE_THETA, fallback=pytorch)
+        return fused_attention(q, k, v, pos, ROPE_THETA, fallback=pytorch, seg=seg)
     return pytorch(q, k, v)
 
 class Attention(nn.Module):
@@ -133,12 +140,13 @@ class Attention(nn.Module):
         self.heads, self.kernels = heads, kernels  # kernels: fused Triton attention where available
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
-    def forward(self, x, pos):  # x (B, N, D)
+    def forward(self, x, pos, seg=None):  # x (B, N, D)
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
         if self.keep_weights:
-            self.weights = (rope(q, pos) @ rope(k, pos).transpose(-1, -2) / math.sqrt(D // self.heads)).softmax(-1)
-        x = attention(q, k, v, pos, self.kernels)  # (B, H, N, d)
+            scores = rope(q, pos) @ rope(k, pos).transpose(-1, -2) / math.sqrt(D // self.heads)  # (B, H, N, N)
+            self.weights = (scores if seg is None else scores.masked_fill(~visible(seg), -math.inf)).softmax(-1)
+        x = attention(q, k, v, pos, self.kernels, seg)  # (B, H, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 class Block(nn.Module):
@@ -147,8 +155,8 @@ class Block(nn.Module):
         self.norm1, self.attn, self.norm2 = nn.LayerNorm(dim), Attention(dim, heads, kernels), nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x, pos):
-        x = x + self.attn(self.norm1(x), pos)
+    def forward(self, x, pos, seg=None):
+        x = x + self.attn(self.norm1(x), pos, seg)
         return x + self.mlp(self.norm2(x))
 
 def init_weights(module):
@@ -191,8 +199,11 @@ class ViT(nn.Module):
 
 class Predictor(nn.Module):
     """The narrow I-JEPA predictor: context tokens projected to width Dp, one shared learned mask token per
-    target position (placed there by RoPE), a few blocks, back to width D. All target blocks of an image are
-    predicted in one batched pass of B*nb sequences, which equals the official one-pass-per-block."""
+    target position (placed there by RoPE), a few blocks, back to width D. All target blocks of an image share
+    one sequence, [context, block 1, ..., block nb], in segments: each block's mask tokens see the context and
+    their own block, the context sees only itself. So a block's predictions see what the official
+    one-pass-per-block predictor shows them, and the context is computed once instead of once per block (its
+    tokens do not see the mask tokens, which in the official passes they do): half the predictor's arithmetic."""
     def __init__(self, width, pred_width, depth, heads, kernels=False):
         super().__init__()
         self.embed = nn.Linear(width, pred_width)  # weight (Dp, D): SparseJEPA's latent-to-group matrix
@@ -205,13 +216,14 @@ class Predictor(nn.Module):
     def forward(self, z, ctx_idx, tgt_idx, grid_w):
         """z (B, Nc, D) context tokens at ctx_idx (B, Nc); tgt_idx (B, nb, Nt) -> predictions (B, nb, Nt, D)."""
         B, nb, Nt = tgt_idx.shape
-        x = self.embed(z).repeat_interleave(nb, 0)  # (B*nb, Nc, Dp)
-        x = torch.cat([x, self.mask_token.expand(B * nb, Nt, -1)], 1)  # (B*nb, Nc+Nt, Dp)
-        idx = torch.cat([ctx_idx.repeat_interleave(nb, 0), tgt_idx.flatten(0, 1)], 1)  # (B*nb, Nc+Nt)
-        pos = grid_pos(idx, grid_w)
+        Nc = ctx_idx.shape[1]
+        x = torch.cat([self.embed(z), self.mask_token.expand(B, nb * Nt, -1)], 1)  # (B, Nc+nb*Nt, Dp)
+        pos = grid_pos(torch.cat([ctx_idx, tgt_idx.flatten(1)], 1), grid_w)  # (B, Nc+nb*Nt, 2)
+        seg = torch.arange(nb + 1, device=z.device).repeat_interleave(  # (Nc+nb*Nt,): 0 context, i block i
+            torch.tensor([Nc] + [Nt] * nb, device=z.device))
         for blk in self.blocks:
-            x = blk(x, pos)
-        return self.head(self.norm(x[:, -Nt:])).view(B, nb, Nt, -1)
+            x = blk(x, pos, seg)
+        return self.head(self.norm(x[:, Nc:])).view(B, nb, Nt, -1)
 
 class JEPA(nn.Module):
     """Everything one method trains. Which parts exist depends on the method (README: methods table)."""

@@ -1,7 +1,8 @@
 """
 Fused attention for ViT shapes: non-causal, any sequence length, forward and backward, 2-D RoPE inside.
 
-    attention(q, k, v, pos=None) -> out        q, k, v (B, H, N, d); pos (B, N, 2) or (N, 2) grid (column, row)
+    attention(q, k, v, pos=None, seg=None) -> out   q, k, v (B, H, N, d); pos (B, N, 2) or (N, 2) grid (column,
+                                                    row); seg (N,) segment ids: who sees whom (the I-JEPA predictor)
 
 Why not the public kernels: the Triton tutorial's backward is causal-only and wants N % 128 == 0; FlashAttention
 is slower than SDPA below ~150 tokens. Our sequences are 64 patch tokens (8x8 grid) or a gathered subset of them,
@@ -14,6 +15,10 @@ one for dq (a program per query block), so nothing is accumulated with atomics. 
 (the LAUNCH table below: per head dim, from what the compiler reports in compile_check.py), so a 64-token ViT
 sequence is one block in the forward. fp32, fp16 and bf16 inputs; accumulation and softmax in fp32 (fp32 inputs
 use exact fp32 dots).
+
+Segments (seg, optional): a key in segment 0 is seen by every query, a key in segment i > 0 only by the queries
+of segment i. The I-JEPA predictor puts the context in segment 0 and target block i in segment i, so one
+sequence predicts every block. The kernels read the two ids of each score and mask it; no (N, N) mask exists.
 
 RoPE (README "Math"): head dim d, channel pair m = (2m, 2m+1) rotates by phi_m = column * w_m for m < d/4 and
 row * w_(m - d/4) otherwise, w_j = theta^(-4j/d), theta = 100.
@@ -46,11 +51,19 @@ def rope_reference(x, pos, theta=100.0):
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
 
 
-def attention_reference(q, k, v, pos=None, theta=100.0):
-    """The specification: RoPE (if pos), then softmax(q k^T / sqrt(d)) v, materialising the (N, N) scores."""
+def visible_reference(seg):
+    """seg (N,) -> bool (N, N), [query, key]: keys of segment 0 are seen by all, others by their own segment."""
+    return (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
+
+
+def attention_reference(q, k, v, pos=None, theta=100.0, seg=None):
+    """The specification: RoPE (if pos), then softmax(q k^T / sqrt(d)) v over the visible keys (all, or those
+    seg allows), materialising the (N, N) scores."""
     if pos is not None:
         q, k = rope_reference(q, pos, theta), rope_reference(k, pos, theta)
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, N, N)
+    if seg is not None:
+        s = s.masked_fill(~visible_reference(seg), -math.inf)
     return s.softmax(-1) @ v
 
 # ----------------------------------------------------------------------------- kernels
@@ -81,9 +94,22 @@ def _load_block(X, P, offs, mask, stride_n, stride_pn, log2_theta, D: tl.constex
     return x
 
 
+@triton.jit
+def _seen(S, offs_m, offs_n, N, HAS_SEG: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] which scores count: keys inside the sequence and, with segments, of segment 0 or of
+    the query's own segment. Padding queries past N (id -1) see every key, so no row's softmax is empty."""
+    ok = (offs_n < N)[None, :]
+    if HAS_SEG:
+        seg_q = tl.load(S + offs_m, mask=offs_m < N, other=-1)[:, None]
+        seg_k = tl.load(S + offs_n, mask=offs_n < N, other=-1)[None, :]
+        ok = ok & ((seg_k == 0) | (seg_k == seg_q) | (seg_q == -1))
+    return ok
+
+
 @triton.jit(do_not_specialize=['N', 'sp_b'])  # one compile for every sequence length
-def _attn_fwd(Q, K, V, P, O, LSE, N, H, sq_b, sq_h, sq_n, so_b, so_h, so_n, sp_b, sp_n, qk_scale, log2_theta,
-              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_POS: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+def _attn_fwd(Q, K, V, P, S, O, LSE, N, H, sq_b, sq_h, sq_n, so_b, so_h, so_n, sp_b, sp_n, qk_scale, log2_theta,
+              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_POS: tl.constexpr,
+              HAS_SEG: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     Q, K, V, P = Q + b * sq_b + h * sq_h, K + b * sq_b + h * sq_h, V + b * sq_b + h * sq_h, P + b * sp_b
@@ -98,10 +124,11 @@ def _attn_fwd(Q, K, V, P, O, LSE, N, H, sq_b, sq_h, sq_n, so_b, so_h, so_n, sp_b
         k = _load_block(K, P, offs_n, offs_n < N, sq_n, sp_n, log2_theta, D, HAS_POS).to(DOT)
         v = tl.load(V + offs_n[:, None] * sq_n + tl.arange(0, D)[None, :], mask=(offs_n < N)[:, None], other=0.0).to(DOT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_M, BLOCK_N], log2 units
-        s = tl.where((offs_n < N)[None, :], s, float('-inf'))
+        s = tl.where(_seen(S, offs_m, offs_n, N, HAS_SEG), s, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
+        m_ref = tl.where(m_new == float('-inf'), 0.0, m_new)  # a row that has seen no key yet (segments): p = 0
+        p = tl.exp2(s - m_ref[:, None])
+        alpha = tl.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v, input_precision=PREC)
         m_i = m_new
@@ -112,9 +139,9 @@ def _attn_fwd(Q, K, V, P, O, LSE, N, H, sq_b, sq_h, sq_n, so_b, so_h, so_n, sp_b
 
 
 @triton.jit(do_not_specialize=['N', 'sp_b'])  # one compile for every sequence length
-def _attn_bwd_dkdv(Q, K, V, P, DO, LSE, DELTA, DK, DV, N, H, sq_b, sq_h, sq_n, sp_b, sp_n, qk_scale, sm_scale,
+def _attn_bwd_dkdv(Q, K, V, P, S, DO, LSE, DELTA, DK, DV, N, H, sq_b, sq_h, sq_n, sp_b, sp_n, qk_scale, sm_scale,
                    log2_theta, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   HAS_POS: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+                   HAS_POS: tl.constexpr, HAS_SEG: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """One program per key block: dv = P^T dO, dk = dS^T q * scale, over every query block."""
     pid_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -135,7 +162,7 @@ def _attn_bwd_dkdv(Q, K, V, P, DO, LSE, DELTA, DK, DV, N, H, sq_b, sq_h, sq_n, s
         delta = tl.load(DELTA + bh * N + offs_m, mask=mask_m, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [BLOCK_M, BLOCK_N]
         p = tl.exp2(s - lse[:, None])
-        p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+        p = tl.where(mask_m[:, None] & _seen(S, offs_m, offs_n, N, HAS_SEG), p, 0.0)
         dv += tl.dot(tl.trans(p.to(DOT)), do, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])  # gradient of the (unscaled) scores
@@ -148,9 +175,9 @@ def _attn_bwd_dkdv(Q, K, V, P, DO, LSE, DELTA, DK, DV, N, H, sq_b, sq_h, sq_n, s
 
 
 @triton.jit(do_not_specialize=['N', 'sp_b'])  # one compile for every sequence length
-def _attn_bwd_dq(Q, K, V, P, DO, LSE, DELTA, DQ, N, H, sq_b, sq_h, sq_n, sp_b, sp_n, qk_scale, sm_scale,
+def _attn_bwd_dq(Q, K, V, P, S, DO, LSE, DELTA, DQ, N, H, sq_b, sq_h, sq_n, sp_b, sp_n, qk_scale, sm_scale,
                  log2_theta, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 HAS_POS: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+                 HAS_POS: tl.constexpr, HAS_SEG: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """One program per query block: dq = dS k * scale, over every key block."""
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
@@ -170,7 +197,7 @@ def _attn_bwd_dq(Q, K, V, P, DO, LSE, DELTA, DQ, N, H, sq_b, sq_h, sq_n, sp_b, s
         v = tl.load(V + offs_n[:, None] * sq_n + tl.arange(0, D)[None, :], mask=mask_n[:, None], other=0.0).to(DOT)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.exp2(s - lse[:, None])
-        p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+        p = tl.where(mask_m[:, None] & _seen(S, offs_m, offs_n, N, HAS_SEG), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(DOT), k, input_precision=PREC)
@@ -223,67 +250,79 @@ def _positions(pos, B, N, device):
     return pos, (pos.stride(0) if pos.dim() == 3 else 0), pos.stride(-2)
 
 
+def _segments(seg, N, device):
+    """seg (N,) integer segment ids, shared by every sequence of the batch -> int32 tensor."""
+    if seg.shape != (N,) or seg.dtype.is_floating_point:
+        raise ValueError(f"seg must be (N,) integer segment ids for N = {N}; got {tuple(seg.shape)} {seg.dtype}")
+    return seg.to(device=device, dtype=torch.int32).contiguous()
+
+
 class Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, pos, theta, fallback):
+    def forward(ctx, q, k, v, pos, theta, fallback, seg):
         B, H, N, D = q.shape
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        has_pos = pos is not None
+        has_pos, has_seg = pos is not None, seg is not None
         p, sp_b, sp_n = _positions(pos, B, N, q.device) if has_pos else (q.new_zeros(1, dtype=torch.int32), 0, 0)
+        s = _segments(seg, N, q.device) if has_seg else q.new_zeros(1, dtype=torch.int32)
         o = torch.empty_like(q)
         lse = torch.empty(B * H, N, device=q.device, dtype=torch.float32)
         meta = _launch(N, D, q.dtype, backward=False)
         sm_scale = 1 / math.sqrt(D)
         _attn_fwd[(triton.cdiv(N, meta['BLOCK_M']), B * H)](
-            q, k, v, p, o, lse, N, H, q.stride(0), q.stride(1), q.stride(2), o.stride(0), o.stride(1), o.stride(2),
-            sp_b, sp_n, sm_scale * LOG2E, math.log2(theta), D=D, HAS_POS=has_pos, **meta, **_dot_args(q.dtype))
-        ctx.save_for_backward(q, k, v, p, o, lse)
-        ctx.meta = (has_pos, sp_b, sp_n, theta)
+            q, k, v, p, s, o, lse, N, H, q.stride(0), q.stride(1), q.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            sp_b, sp_n, sm_scale * LOG2E, math.log2(theta), D=D, HAS_POS=has_pos, HAS_SEG=has_seg, **meta,
+            **_dot_args(q.dtype))
+        ctx.save_for_backward(q, k, v, p, s, o, lse)
+        ctx.meta = (has_pos, has_seg, sp_b, sp_n, theta)
         ctx.fallback = fallback
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, p, o, lse = ctx.saved_tensors
+        q, k, v, p, s, o, lse = ctx.saved_tensors
         do = do.contiguous()
         config = lambda: f"backward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}"  # noqa: E731
-        grads = run_or_fall_back('attention', config, lambda: _backward(q, k, v, p, o, lse, do, *ctx.meta),
+        grads = run_or_fall_back('attention', config, lambda: _backward(q, k, v, p, s, o, lse, do, *ctx.meta),
                                  lambda: vjp(ctx.fallback, (q, k, v), do))
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
-def _backward(q, k, v, p, o, lse, do, has_pos, sp_b, sp_n, theta):
+def _backward(q, k, v, p, s, o, lse, do, has_pos, has_seg, sp_b, sp_n, theta):
     """dq, dk, dv through the two backward kernels."""
     B, H, N, D = q.shape
     delta = (do.float() * o.float()).sum(-1).view(B * H, N)  # rowsum(dO * O), FlashAttention-2's D
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    meta = dict(D=D, HAS_POS=has_pos, **_launch(N, D, q.dtype, backward=True), **_dot_args(q.dtype))
+    meta = dict(D=D, HAS_POS=has_pos, HAS_SEG=has_seg, **_launch(N, D, q.dtype, backward=True), **_dot_args(q.dtype))
     sm_scale = 1 / math.sqrt(D)
     args = (N, H, q.stride(0), q.stride(1), q.stride(2), sp_b, sp_n, sm_scale * LOG2E, sm_scale, math.log2(theta))
-    _attn_bwd_dkdv[(triton.cdiv(N, meta['BLOCK_N']), B * H)](q, k, v, p, do, lse, delta, dk, dv, *args, **meta)
-    _attn_bwd_dq[(triton.cdiv(N, meta['BLOCK_M']), B * H)](q, k, v, p, do, lse, delta, dq, *args, **meta)
+    _attn_bwd_dkdv[(triton.cdiv(N, meta['BLOCK_N']), B * H)](q, k, v, p, s, do, lse, delta, dk, dv, *args, **meta)
+    _attn_bwd_dq[(triton.cdiv(N, meta['BLOCK_M']), B * H)](q, k, v, p, s, do, lse, delta, dq, *args, **meta)
     return dq, dk, dv
 
 
-def attention_sdpa(q, k, v, pos=None, theta=100.0):
-    """The PyTorch path the kernel falls back to: RoPE (if pos), then PyTorch's scaled_dot_product_attention."""
+def attention_sdpa(q, k, v, pos=None, theta=100.0, seg=None):
+    """The PyTorch path the kernel falls back to: RoPE (if pos), then PyTorch's scaled_dot_product_attention
+    (with seg's visibility as its boolean mask)."""
     if pos is not None:
         q, k = rope_reference(q, pos, theta), rope_reference(k, pos, theta)
-    return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if seg is None else visible_reference(seg))
 
 
-def attention(q, k, v, pos=None, theta=100.0, fallback=None):
+def attention(q, k, v, pos=None, theta=100.0, fallback=None, seg=None):
     """softmax(rope(q) rope(k)^T / sqrt(d)) v for q, k, v (B, H, N, d); RoPE only when pos is given.
     pos: LongTensor (B, N, 2) or (N, 2) of (column, row) grid positions. Non-causal; any N; d in 16/32/64/128.
+    seg: LongTensor (N,) of segment ids (module docstring), or None: every query sees every key.
     fallback(q, k, v): the same in PyTorch (default attention_sdpa); if a kernel fails to compile or launch on
     this GPU, a warning is printed and the fallback computes this call and every later one."""
     B, H, N, D = q.shape
     if D not in LAUNCH:
         raise ValueError(f"head dim {D} not supported: use {', '.join(map(str, LAUNCH))}")
-    fallback = fallback or (lambda q, k, v: attention_sdpa(q, k, v, pos, theta))
+    fallback = fallback or (lambda q, k, v: attention_sdpa(q, k, v, pos, theta, seg))
     def config():
-        return f"forward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}, {'RoPE' if pos is not None else 'no RoPE'}"
-    return run_or_fall_back('attention', config, lambda: Attention.apply(q, k, v, pos, theta, fallback),
+        return (f"forward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}, {'RoPE' if pos is not None else 'no RoPE'}"
+                + (', segments' if seg is not None else ''))
+    return run_or_fall_back('attention', config, lambda: Attention.apply(q, k, v, pos, theta, fallback, seg),
                             lambda: fallback(q, k, v))
 
 # ----------------------------------------------------------------------------- benchmark

@@ -41,11 +41,11 @@ SHARED_LIMIT = {'sm_80': 166_912, 'sm_90': 232_448}  # bytes per block with opt-
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')
 
 # What training launches: ViT heads of d = 16..128 (README seeds: d = 32 predictor, 32 and 64 encoders), full
-# grids of 64 and 256 tokens, gathered contexts and predictor sequences of any length in between; SIGReg on
-# batches up to 4096 with up to 1024 slices.
+# grids of 64 and 256 tokens, gathered contexts and predictor sequences (with segments) of any length in
+# between; SIGReg on batches up to 4096 with up to 1024 slices.
 GRID = {
     'attention': dict(dtype=(torch.bfloat16, torch.float16, torch.float32), d=(16, 32, 64, 128),
-                      N=(20, 50, 64, 65, 130, 256), pos=('none', 'shared', 'batch')),
+                      N=(20, 50, 64, 65, 130, 256), pos=('none', 'shared', 'batch', 'batch+seg')),
     'sigreg': dict(dtype=(torch.float32, torch.bfloat16), NM=((64, 32), (512, 256), (4096, 1024))),
 }
 
@@ -84,11 +84,12 @@ def attention_launches():
                     B, H = 2, 2
                     q, k, v = (torch.zeros(B, H, N, d, dtype=dtype, requires_grad=True) for _ in range(3))
                     idx = torch.arange(N)
-                    pos = {'none': None, 'shared': torch.stack([idx % 16, idx // 16], -1),
-                           'batch': torch.stack([idx % 16, idx // 16], -1).expand(B, N, 2)}[pos_kind]
+                    grid = torch.stack([idx % 16, idx // 16], -1)
+                    pos = {'none': None, 'shared': grid}.get(pos_kind, grid.expand(B, N, 2))
+                    seg = idx % 5 if pos_kind == 'batch+seg' else None  # the I-JEPA predictor's segments
 
                     def call():
-                        attention_mod.attention(q, k, v, pos).backward(torch.zeros(B, H, N, d, dtype=dtype))
+                        attention_mod.attention(q, k, v, pos, seg=seg).backward(torch.zeros(B, H, N, d, dtype=dtype))
                     yield from record(attention_mod, call, lambda: f"{str(dtype)[6:]} d={d} N={N} pos={pos_kind}")
 
 

@@ -31,16 +31,16 @@ def grid_positions(B, N, per_batch, seed):
     return torch.stack([idx % side, idx // side], -1)
 
 
-def check(B, H, N, d, dtype, use_pos, per_batch=False, seed=0):
+def check(B, H, N, d, dtype, use_pos, per_batch=False, seed=0, seg=None):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))
     do = torch.randn(B, H, N, d, generator=g)
     pos = grid_positions(B, N, per_batch, seed) if use_pos else None
     ref_in = [x.to(dtype).double().requires_grad_() for x in (q, k, v)]
-    ref = K.attention_reference(*ref_in, pos)
+    ref = K.attention_reference(*ref_in, pos, seg=seg)
     ref.backward(do.double())
     dev_in = [x.to(dtype).to(DEV).requires_grad_() for x in (q, k, v)]
-    out = K.attention(*dev_in, None if pos is None else pos.to(DEV))
+    out = K.attention(*dev_in, None if pos is None else pos.to(DEV), seg=None if seg is None else seg.to(DEV))
     out.backward(do.to(dtype).to(DEV))
     assert out.dtype == dtype and out.shape == (B, H, N, d)
     errs = [rel_err(out.cpu(), ref)] + [rel_err(a.grad.cpu(), b.grad) for a, b in zip(dev_in, ref_in)]
@@ -63,6 +63,28 @@ def test_head_dims_with_fused_rope(d):
        seed=st.integers(0, 9999))
 def test_attention_matches_reference(B, H, N, d, dtype, use_pos, per_batch, seed):
     check(B, H, N, d, dtype, use_pos, per_batch, seed)
+
+
+def predictor_segments(Nc, nb, Nt):
+    """The I-JEPA predictor's layout: Nc context tokens (segment 0), then nb target blocks of Nt (segments 1..nb)."""
+    return torch.arange(nb + 1).repeat_interleave(torch.tensor([Nc] + [Nt] * nb))
+
+
+@settings(max_examples=6)
+@given(Nc=st.integers(0, 30), nb=st.integers(1, 4), Nt=st.integers(1, 12), d=st.sampled_from([16, 32]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 9999))
+def test_segments_match_reference(Nc, nb, Nt, d, dtype, seed):
+    """Segment visibility (keys of segment 0 seen by all, others by their own segment) in the forward and both
+    backward kernels, with per-sequence RoPE positions as in the predictor."""
+    seg = predictor_segments(Nc, nb, Nt)
+    check(2, 2, len(seg), d, dtype, use_pos=True, per_batch=True, seed=seed, seg=seg)
+
+
+def test_segments_where_whole_key_blocks_are_unseen():
+    """No segment 0 and two segments of 70 and 60 tokens: the queries of the second see nothing in the first key
+    block (the forward must not take a softmax over no keys), and a mixed order of segments."""
+    check(1, 2, 130, 16, torch.float32, use_pos=True, seg=torch.tensor([1] * 70 + [2] * 60), seed=1)
+    check(1, 2, 50, 16, torch.float32, use_pos=False, seg=torch.randint(0, 4, (50,), generator=torch.Generator().manual_seed(2)))
 
 
 def test_long_sequences_loop_over_key_blocks():
@@ -91,3 +113,5 @@ def test_bad_shapes_are_rejected():
     q = torch.randn(1, 1, 4, 16, device=DEV)
     with pytest.raises(ValueError, match='pos must be'):
         K.attention(q, q, q, torch.zeros(5, 2, dtype=torch.long, device=DEV))
+    with pytest.raises(ValueError, match='seg must be'):
+        K.attention(q, q, q, seg=torch.zeros(5, dtype=torch.long, device=DEV))

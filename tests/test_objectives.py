@@ -1,6 +1,7 @@
 """The I-JEPA objective, EMA and schedules."""
 import copy
 
+import pytest
 import torch
 from hypothesis import given, strategies as st
 
@@ -59,7 +60,10 @@ def test_schedule_endpoints():
     lr1, wd1, m1 = jepa.schedules(1.0, cfg)
     assert lr0 == 0 and abs(lr_peak - cfg['lr']) < 1e-12 and abs(lr1 - cfg['min_lr']) < 1e-12
     assert abs(wd0 - cfg['weight_decay']) < 1e-12 and abs(wd1 - cfg['weight_decay_end']) < 1e-12
-    assert abs(m0 - cfg['ema']) < 1e-12 and m1 == 1.0
+    assert abs(m0 - cfg['ema']) < 1e-12 and abs(m1 - cfg['ema_end']) < 1e-12
+    flat = dict(cfg, ema=0.99, ema_end=0.99)  # --ema_end=--ema: a constant momentum
+    assert all(abs(jepa.schedules(p / 10, flat)[2] - 0.99) < 1e-12 for p in range(11))
+    assert abs(jepa.schedules(0.5, dict(cfg, ema=0.99, ema_end=1.0))[2] - 0.995) < 1e-12  # linear in between
     assert jepa.schedules(0.0, dict(cfg, ema=0.996))[2] == 0.996  # the official I-JEPA start
     lrs = [jepa.schedules(p / 100, cfg)[0] for p in range(101)]
     peak = lrs.index(max(lrs))
@@ -76,3 +80,23 @@ def test_no_weight_decay_on_biases_norms_and_tokens():
     assert all(p.dim() >= 2 for i, p in ((i, dict(model.named_parameters())[names[i]]) for i in decay))
     assert {'predictor.mask_token', 'encoder.cls'} <= {names[i] for i in no_decay}
     assert not any(n.startswith('target.') for n in map(names.get, decay | no_decay))
+
+
+@pytest.mark.parametrize('kernels', [False, True])
+def test_predicting_blocks_together_equals_predicting_each_alone(kernels):
+    """One sequence [context, block 1..nb] with segment visibility predicts each block exactly as a pass over
+    [context, that block] alone, so no block sees another and the context sees no mask token. kernels=True runs
+    the fused attention (Triton's interpreter on CPU)."""
+    torch.manual_seed(0)
+    pred = jepa.Predictor(32, 32, 2, 2, kernels=kernels)  # head dim 16: the kernels take 16..128
+    B, Nc, nb, Nt, gw = 3, 6, 4, 3, 6
+    z = torch.randn(B, Nc, 32)
+    ctx_idx = torch.stack([torch.randperm(gw * gw)[:Nc] for _ in range(B)])
+    tgt_idx = torch.randint(0, gw * gw, (B, nb, Nt))
+    together = pred(z, ctx_idx, tgt_idx, gw)  # (B, nb, Nt, 32)
+    for i in range(nb):
+        alone = pred(z, ctx_idx, tgt_idx[:, i:i + 1], gw)[:, 0]
+        torch.testing.assert_close(together[:, i], alone, rtol=1e-4, atol=1e-5)
+    moved = tgt_idx.clone()
+    moved[:, 1:] = torch.randint(0, gw * gw, (B, nb - 1, Nt))  # other blocks elsewhere: block 0 unchanged
+    torch.testing.assert_close(pred(z, ctx_idx, moved, gw)[:, 0], together[:, 0], rtol=1e-4, atol=1e-5)
