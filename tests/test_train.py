@@ -21,10 +21,12 @@ def losses(run_dir):
 
 
 def test_tiny_ijepa_run_lowers_the_loss(tiny_args):
-    cfg, model, stats = run(tiny_args + ['--steps=40', '--lr=2e-3', '--warmup=0.05'])
+    # 80 steps: with the default constant EMA momentum the targets keep moving (a teacher frozen by a momentum
+    # rising to 1 made 40 enough)
+    cfg, model, stats = run(tiny_args + ['--steps=80', '--lr=2e-3', '--warmup=0.05'])
     ls = losses(stats['run_dir'])
-    assert len(ls) == 8 and ls[-1] < 0.7 * ls[0], ls
-    assert stats['steps'] == 40 and stats['img_per_s'] > 0
+    assert len(ls) == 16 and ls[-1] < 0.7 * ls[0], ls
+    assert stats['steps'] == 80 and stats['img_per_s'] > 0
 
 
 @pytest.mark.parametrize('method', ['ijepa_sigreg', 'lejepa', 'sparse', 'infonce'])
