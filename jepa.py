@@ -37,6 +37,7 @@ cls_token = False         # prepend an (unrotated) CLS token; only used for atte
 pred_width = 64           # predictor width Dp (the narrow I-JEPA predictor)
 pred_depth = 2            # predictor blocks
 pred_heads = 2            # predictor heads; pred_width/pred_heads divisible by 4
+pred_per_block = False    # True: one predictor pass per target block, the context seeing its mask tokens (official)
 # optimisation
 epochs = 8                # passes over the training set
 steps = 0                 # total optimizer steps; overrides epochs when > 0
@@ -203,13 +204,15 @@ class Predictor(nn.Module):
     one sequence, [context, block 1, ..., block nb], in segments: each block's mask tokens see the context and
     their own block, the context sees only itself. So a block's predictions see what the official
     one-pass-per-block predictor shows them, and the context is computed once instead of once per block (its
-    tokens do not see the mask tokens, which in the official passes they do): half the predictor's arithmetic."""
-    def __init__(self, width, pred_width, depth, heads, kernels=False):
+    tokens do not see the mask tokens, which in the official passes they do): half the predictor's arithmetic.
+    per_block=True runs the official way: B*nb sequences [context, block i], full attention in each."""
+    def __init__(self, width, pred_width, depth, heads, kernels=False, per_block=False):
         super().__init__()
         self.embed = nn.Linear(width, pred_width)  # weight (Dp, D): SparseJEPA's latent-to-group matrix
         self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_width))
         self.blocks = nn.ModuleList([Block(pred_width, heads, kernels) for _ in range(depth)])
         self.norm, self.head = nn.LayerNorm(pred_width), nn.Linear(pred_width, width)
+        self.per_block = per_block
         init_weights(self)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
@@ -217,9 +220,15 @@ class Predictor(nn.Module):
         """z (B, Nc, D) context tokens at ctx_idx (B, Nc); tgt_idx (B, nb, Nt) -> predictions (B, nb, Nt, D)."""
         B, nb, Nt = tgt_idx.shape
         Nc = ctx_idx.shape[1]
-        x = torch.cat([self.embed(z), self.mask_token.expand(B, nb * Nt, -1)], 1)  # (B, Nc+nb*Nt, Dp)
-        pos = grid_pos(torch.cat([ctx_idx, tgt_idx.flatten(1)], 1), grid_w)  # (B, Nc+nb*Nt, 2)
-        seg = F.pad(torch.arange(1, nb + 1, device=z.device).repeat_interleave(Nt), (Nc, 0))  # (Nc+nb*Nt,) ids
+        x = self.embed(z)  # (B, Nc, Dp)
+        if self.per_block:  # B*nb sequences [context, block i]: every block its own copy of the context
+            x, ctx_idx, tgt_idx = x.repeat_interleave(nb, 0), ctx_idx.repeat_interleave(nb, 0), tgt_idx.flatten(0, 1)
+            seg = None
+        else:  # B sequences [context, block 1, ..., block nb]: segment ids 0 for the context, i for block i
+            seg = F.pad(torch.arange(1, nb + 1, device=z.device).repeat_interleave(Nt), (Nc, 0))
+        n_mask = tgt_idx.shape[1:].numel()  # mask tokens per sequence: Nt, or nb*Nt
+        x = torch.cat([x, self.mask_token.expand(x.shape[0], n_mask, -1)], 1)  # (sequences, Nc+n_mask, Dp)
+        pos = grid_pos(torch.cat([ctx_idx, tgt_idx.flatten(1)], 1), grid_w)  # (sequences, Nc+n_mask, 2)
         for blk in self.blocks:
             x = blk(x, pos, seg)
         return self.head(self.norm(x[:, Nc:])).view(B, nb, Nt, -1)
@@ -232,7 +241,8 @@ class JEPA(nn.Module):
         self.encoder = ViT(cfg['patch_size'], cfg['width'], cfg['depth'], cfg['heads'], cfg['cls_token'], kernels)
         self.target = copy.deepcopy(self.encoder).requires_grad_(False) if m in ('ijepa', 'sparse') else None  # EMA
         if m in ('ijepa', 'ijepa_sigreg', 'sparse'):
-            self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'], kernels)
+            self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'], kernels,
+                                       cfg['pred_per_block'])
         if m in ('lejepa', 'infonce'):
             self.projector = nn.Sequential(  # MLP head of the multi-view methods: pooled D -> K
                 nn.Linear(cfg['width'], 512), nn.BatchNorm1d(512), nn.GELU(), nn.Linear(512, cfg['proj_dim']))

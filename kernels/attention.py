@@ -224,11 +224,14 @@ LAUNCH = {  # d: (forward block, forward warps, backward block, backward warps)
 }
 
 
-def _launch(N, D, dtype, backward):
-    """dict(BLOCK_M, BLOCK_N, num_warps) for a sequence of N tokens of head dim D."""
+def _launch(N, D, dtype, backward, seg=False):
+    """dict(BLOCK_M, BLOCK_N, num_warps) for a sequence of N tokens of head dim D. Segments keep an id tile
+    live: their launches take blocks of at most 64 forward and 16 backward (compile_check: no spills)."""
     f_block, f_warps, b_block, b_warps = LAUNCH[D]
     cap, warps = (b_block, b_warps) if backward else (f_block, f_warps)
     cap //= 2 if dtype == torch.float32 else 1
+    if seg:
+        cap = min(cap, 16 if backward else 64)
     block = min(cap, max(16, triton.next_power_of_2(N)))
     return dict(BLOCK_M=block, BLOCK_N=block, num_warps=warps)
 
@@ -267,7 +270,7 @@ class Attention(torch.autograd.Function):
         s = _segments(seg, N, q.device) if has_seg else q.new_zeros(1, dtype=torch.int32)
         o = torch.empty_like(q)
         lse = torch.empty(B * H, N, device=q.device, dtype=torch.float32)
-        meta = _launch(N, D, q.dtype, backward=False)
+        meta = _launch(N, D, q.dtype, backward=False, seg=has_seg)
         sm_scale = 1 / math.sqrt(D)
         _attn_fwd[(triton.cdiv(N, meta['BLOCK_M']), B * H)](
             q, k, v, p, s, o, lse, N, H, q.stride(0), q.stride(1), q.stride(2), o.stride(0), o.stride(1), o.stride(2),
@@ -293,7 +296,8 @@ def _backward(q, k, v, p, s, o, lse, do, has_pos, has_seg, sp_b, sp_n, theta):
     B, H, N, D = q.shape
     delta = (do.float() * o.float()).sum(-1).view(B * H, N)  # rowsum(dO * O), FlashAttention-2's D
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    meta = dict(D=D, HAS_POS=has_pos, HAS_SEG=has_seg, **_launch(N, D, q.dtype, backward=True), **_dot_args(q.dtype))
+    meta = dict(D=D, HAS_POS=has_pos, HAS_SEG=has_seg, **_launch(N, D, q.dtype, backward=True, seg=has_seg),
+                **_dot_args(q.dtype))
     sm_scale = 1 / math.sqrt(D)
     args = (N, H, q.stride(0), q.stride(1), q.stride(2), sp_b, sp_n, sm_scale * LOG2E, sm_scale, math.log2(theta))
     _attn_bwd_dkdv[(triton.cdiv(N, meta['BLOCK_N']), B * H)](q, k, v, p, s, do, lse, delta, dk, dv, *args, **meta)

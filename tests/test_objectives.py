@@ -82,13 +82,14 @@ def test_no_weight_decay_on_biases_norms_and_tokens():
     assert not any(n.startswith('target.') for n in map(names.get, decay | no_decay))
 
 
-@pytest.mark.parametrize('kernels', [False, True])
-def test_predicting_blocks_together_equals_predicting_each_alone(kernels):
+@pytest.mark.parametrize('kernels, per_block', [(False, False), (True, False), (False, True)])
+def test_predicting_blocks_together_equals_predicting_each_alone(kernels, per_block):
     """One sequence [context, block 1..nb] with segment visibility predicts each block exactly as a pass over
-    [context, that block] alone, so no block sees another and the context sees no mask token. kernels=True runs
-    the fused attention (Triton's interpreter on CPU)."""
+    [context, that block] alone, so no block sees another and the context sees no mask token; per_block (the
+    official B*nb passes) does so by construction. kernels=True runs the fused attention (Triton's interpreter
+    on CPU)."""
     torch.manual_seed(0)
-    pred = jepa.Predictor(32, 32, 2, 2, kernels=kernels)  # head dim 16: the kernels take 16..128
+    pred = jepa.Predictor(32, 32, 2, 2, kernels=kernels, per_block=per_block)  # head dim 16: kernels take 16..128
     B, Nc, nb, Nt, gw = 3, 6, 4, 3, 6
     z = torch.randn(B, Nc, 32)
     ctx_idx = torch.stack([torch.randperm(gw * gw)[:Nc] for _ in range(B)])
@@ -100,3 +101,20 @@ def test_predicting_blocks_together_equals_predicting_each_alone(kernels):
     moved = tgt_idx.clone()
     moved[:, 1:] = torch.randint(0, gw * gw, (B, nb - 1, Nt))  # other blocks elsewhere: block 0 unchanged
     torch.testing.assert_close(pred(z, ctx_idx, moved, gw)[:, 0], together[:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_only_per_block_lets_the_context_see_the_mask_tokens():
+    """Moving a block's target positions changes the context tokens' states only in the official per-block
+    predictor; with segments, a one-block prediction is the same whatever the context would have seen."""
+    torch.manual_seed(0)
+    seg, per_block = jepa.Predictor(32, 32, 2, 2), jepa.Predictor(32, 32, 2, 2, per_block=True)  # 2 blocks: the
+    # context's states reach the predictions only through a second block
+    per_block.load_state_dict(seg.state_dict())
+    z, ctx_idx, tgt_idx = torch.randn(2, 5, 32), torch.randint(0, 36, (2, 5)), torch.randint(0, 36, (2, 1, 3))
+    # one block: the sequences are identical, only the context's visibility differs
+    assert not torch.allclose(seg(z, ctx_idx, tgt_idx, 6), per_block(z, ctx_idx, tgt_idx, 6))
+    seg_ctx = seg.blocks[0](seg.embed(z), jepa.grid_pos(ctx_idx, 6))  # the context alone through one block
+    x = torch.cat([seg.embed(z), seg.mask_token.expand(2, 3, -1)], 1)
+    pos = jepa.grid_pos(torch.cat([ctx_idx, tgt_idx.flatten(1)], 1), 6)
+    with_seg = seg.blocks[0](x, pos, torch.tensor([0] * 5 + [1] * 3))[:, :5]
+    torch.testing.assert_close(with_seg, seg_ctx)  # the context's states ignore the mask tokens
