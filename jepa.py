@@ -185,7 +185,7 @@ class ViT(nn.Module):
         x = self.patch_embed(img)  # (B, D, S/p, S/p)
         grid_w = x.shape[-1]
         x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D); contiguous, or every residual add keeps the
-        # transposed strides and each layer norm and linear of the full-image pass copies its input first
+        # transposed strides and each layer norm of the full-image pass copies its input first
         if idx is None:
             pos = grid_pos(torch.arange(x.shape[1], device=x.device), grid_w)  # (L, 2)
         else:
