@@ -26,6 +26,7 @@ import torch.nn.functional as F
 data = 'shapes'           # shapes (embedded, procedural) | cifar10 | cifar100 | tinyimagenet | folder
 data_dir = ''             # folder or archive to read; for cifar also the download cache ('' = ~/.cache/nano-jepa)
 img_size = 32             # images are resized to img_size x img_size once, when loaded
+crop_scale = 0.6          # smallest area of the random-resized crop (ijepa, ijepa_sigreg, sparse); official 0.3 (README)
 # method
 method = 'ijepa'          # ijepa | ijepa_sigreg | lejepa | sparse | infonce (README: methods table)
 # encoder (ViT-nano with 2-D RoPE) and predictor
@@ -318,7 +319,7 @@ def ijepa_loss(model, img, cfg, g, step):
     a context block. Smooth-L1 (beta = 1), as in the official code. ijepa_sigreg: no EMA teacher, no
     stop-gradient: the encoder itself makes the targets and SIGReg on its pooled output prevents collapse.
     sparse: optional Gaussian head on the context tokens with a KL term (the group lasso is a prox step)."""
-    img = random_resized_crop(normalize(img), cfg['img_size'], (0.3, 1.0), g)  # (B, 3, S, S) float
+    img = random_resized_crop(normalize(img), cfg['img_size'], (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
     B, gw = img.shape[0], img.shape[-1] // cfg['patch_size']
     ctx_idx, tgt_idx = multiblock_masks(B, gw, gw, generator=g, device=img.device)
     teacher = model.target if model.target is not None else model.encoder
@@ -1126,6 +1127,7 @@ def check_config(c):
               'group_lambda', 'kl_beta'):
         need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
     need(c['tau'] > 0, f"--tau={c['tau']}: the InfoNCE temperature must be > 0")
+    need(0 < c['crop_scale'] <= 1, f"--crop_scale={c['crop_scale']}: an area fraction in (0, 1]")
     need(0 <= c['warmup'] < 1, f"--warmup={c['warmup']}: a fraction of training in [0, 1)")
     need(0 <= c['ema'] <= 1, f"--ema={c['ema']}: a momentum in [0, 1]")
     need(0 <= c['ema_end'] <= 1, f"--ema_end={c['ema_end']}: a momentum in [0, 1]")

@@ -118,3 +118,25 @@ def test_only_per_block_lets_the_context_see_the_mask_tokens():
     pos = jepa.grid_pos(torch.cat([ctx_idx, tgt_idx.flatten(1)], 1), 6)
     with_seg = seg.blocks[0](x, pos, torch.tensor([0] * 5 + [1] * 3))[:, :5]
     torch.testing.assert_close(with_seg, seg_ctx)  # the context's states ignore the mask tokens
+
+
+@given(crop_scale=st.floats(0.05, 1.0), seed=st.integers(0, 1000))
+def test_random_resized_crop_keeps_a_box_of_at_least_crop_scale(crop_scale, seed):
+    """Each image is resampled from one axis-aligned box inside it, of area at least min(crop_scale, 3/4) of the
+    image (a box wider or taller than the image is cut to it, and the aspect jitter stays within 3/4..4/3), maybe
+    mirrored. Read off a ramp image: channel 0 holds each pixel's x, channel 1 its y, in grid_sample's [-1, 1]."""
+    S, B = 32, 8
+    c = (torch.arange(S) + 0.5) / S * 2 - 1  # pixel centres
+    ramp = torch.stack([c.expand(S, S), c[:, None].expand(S, S), torch.zeros(S, S)]).expand(B, -1, -1, -1)
+    out = jepa.random_resized_crop(ramp, S, (crop_scale, 1.0), torch.Generator().manual_seed(seed))
+    mid = S // 2  # two neighbouring output pixels near the box centre: inside the image, where bilinear is exact
+    dx = out[:, 0, mid, mid] - out[:, 0, mid, mid - 1]  # (B,) = +-(box width in [-1, 1] units) / S
+    dy = out[:, 1, mid, mid] - out[:, 1, mid - 1, mid]
+    w, h = dx.abs() * S / 2, dy.abs() * S / 2  # box sides as fractions of the image's
+    assert (dy > 0).all()  # never flipped vertically
+    assert ((w * h) >= min(crop_scale, 0.75) - 1e-4).all() and (w <= 1 + 1e-4).all() and (h <= 1 + 1e-4).all()
+    cx, cy = out[:, 0, mid, mid - 1:mid + 1].mean(1), out[:, 1, mid - 1:mid + 1, mid].mean(1)  # box centre
+    assert ((cx.abs() + w <= 1 + 1e-4) & (cy.abs() + h <= 1 + 1e-4)).all()  # the box lies inside the image
+    aspect = w / h
+    assert ((aspect >= 0.75 - 1e-3) | (w > 1 - 1e-4) | (h > 1 - 1e-4)).all()  # jitter within 3/4..4/3 unless cut
+    assert ((aspect <= 4 / 3 + 1e-3) | (w > 1 - 1e-4) | (h > 1 - 1e-4)).all()
