@@ -49,8 +49,8 @@ min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
-ema = 0.99                # EMA momentum at the start (ijepa, sparse); official 0.996 is for ~1e5 steps
-ema_end = 0.99            # EMA momentum at the end, reached linearly; official 1 freezes short runs' teacher (README)
+ema = 0.0                 # EMA momentum at the start (ijepa, sparse); 0 = 0.99 ** (batch_size / 16) (README: Math)
+ema_end = 0.0             # EMA momentum at the end, reached linearly; 0 = ema (constant); official 0.996 -> 1
 # regularisers
 sigreg_weight = 0.05      # lambda in (1-lambda)*prediction_or_invariance + lambda*SIGReg (lejepa, ijepa_sigreg)
 num_slices = 256          # M random directions per SIGReg evaluation
@@ -1101,6 +1101,9 @@ def parse_args(argv, defaults=None, help_text=None):
         cfg[key] = _cast(key, val, cfg[key])
     if defaults is None:  # lr 0: Adam's muP rule, a wider encoder takes smaller steps (1e-3 at width 128)
         cfg['lr'] = cfg['lr'] or 1e-3 * 128 / cfg['width']
+        # ema 0: the EMA scaling rule, the teacher averages over the same number of images at any batch size
+        cfg['ema'] = cfg['ema'] or 0.99 ** (cfg['batch_size'] / 16)
+        cfg['ema_end'] = cfg['ema_end'] or cfg['ema']
         check_config(cfg)
     return cfg
 

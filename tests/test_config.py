@@ -17,6 +17,17 @@ def test_default_lr_follows_width_until_set():
     assert jepa.parse_args(['--width=192', '--heads=3', '--lr=5e-4'])['lr'] == 5e-4
 
 
+def test_default_ema_keeps_the_teachers_window_in_images_until_set():
+    """--ema=0 (the default) is 0.99 at batch 16 and 0.99 ** (B / 16) at batch B (the EMA scaling rule: B / (1 - m),
+    the images the teacher averages over, stays about 1,600); --ema_end=0 follows --ema; set values are kept."""
+    for B in (16, 128):
+        cfg = jepa.parse_args([f'--batch_size={B}'])
+        assert cfg['ema'] == pytest.approx(0.99 ** (B / 16)) and cfg['ema_end'] == cfg['ema']
+        assert B / (1 - cfg['ema']) == pytest.approx(1600, rel=0.04)
+    assert jepa.parse_args(['--batch_size=128', '--ema=0.996'])['ema_end'] == 0.996
+    assert jepa.parse_args(['--ema=0.996', '--ema_end=1.0'])['ema_end'] == 1.0
+
+
 def test_required_keys_exist():
     for key in ('data', 'data_dir', 'out_dir', 'epochs', 'steps', 'budget_minutes', 'batch_size', 'seed',
                 'resume', 'device', 'compile'):
