@@ -47,6 +47,7 @@ batch_size = 16           # images per optimizer step (small: short CPU budgets 
 lr = 0.0                  # peak AdamW lr, reached after warm-up; 0 = 1e-3 * 128 / width (README: Results)
 min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
+pred_lr = 1.0             # the predictor's lr as a multiple of lr (ijepa, ijepa_sigreg, sparse) (README: Math)
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
 ema = 0.0                 # EMA momentum at the start (ijepa, sparse); 0 = 0.99 ** (batch_size / 16) (README: Math)
@@ -512,16 +513,19 @@ def schedules(progress, cfg):
     return lr_now, wd, momentum
 
 def make_optimizer(model, cfg):
-    """AdamW; no weight decay on biases, norms, tokens (1-D params) nor on the group-lasso matrix."""
-    decay, no_decay = [], []
+    """AdamW; no weight decay on biases, norms, tokens (1-D params) nor on the group-lasso matrix. Each group
+    knows whether it holds the predictor, whose lr train scales by pred_lr."""
+    groups = {}  # (decays, predictor) -> params: the same groups whatever pred_lr is, so a resumed run may change it
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         group_lasso_w = cfg['method'] == 'sparse' and name == 'predictor.embed.weight'
-        (no_decay if p.dim() < 2 or 'token' in name or name == 'encoder.cls' or group_lasso_w else decay).append(p)
-    fused = decay[0].device.type in ('cpu', 'cuda')  # one kernel for all parameters: 6 ms -> 1 ms a step on a CPU
-    return torch.optim.AdamW([{'params': decay, 'weight_decay': cfg['weight_decay']},
-                              {'params': no_decay, 'weight_decay': 0.0}], lr=cfg['lr'], betas=(0.9, 0.95), fused=fused)
+        decays = not (p.dim() < 2 or 'token' in name or name == 'encoder.cls' or group_lasso_w)
+        groups.setdefault((decays, name.startswith('predictor.')), []).append(p)
+    fused = next(model.parameters()).device.type in ('cpu', 'cuda')  # one kernel for all parameters: 6 -> 1 ms a step
+    return torch.optim.AdamW([{'params': ps, 'weight_decay': cfg['weight_decay'] if decays else 0.0,
+                               'predictor': pred} for (decays, pred), ps in groups.items()],
+                             lr=cfg['lr'], betas=(0.9, 0.95), fused=fused)
 
 # ----------------------------------------------------------------------------- augmentation
 # Batched on the device: each image gets its own crop box, flip and jitter, through one grid_sample.
@@ -616,7 +620,7 @@ def train(cfg):
         t0 = time.time()
         lr_now, wd, momentum = schedules(progress(), cfg)
         for group in opt.param_groups:
-            group['lr'] = lr_now
+            group['lr'] = lr_now * (cfg['pred_lr'] if group['predictor'] else 1)
             if group['weight_decay'] > 0:
                 group['weight_decay'] = wd
         x = data['train_x'][order[i * B + rank * B // world:i * B + (rank + 1) * B // world]]  # (B / world, 3, S, S)
@@ -672,7 +676,11 @@ def resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say):
     ck = load_checkpoint(ckpts[-1])
     check_compatible(ck['config'], cfg, ckpts[-1])
     model.load_state_dict(ck['model'])
-    opt.load_state_dict(ck['optimizer'])
+    try:
+        opt.load_state_dict(ck['optimizer'])
+    except ValueError:  # parameter groups differ: a checkpoint from before the predictor had its own groups
+        raise UserError(f"{ckpts[-1]}: its optimizer state does not fit this version's parameter groups; "
+                        "start a new run (another --out_dir), or probe the checkpoint as it is") from None
     if main_rank:
         truncate_log(os.path.join(run_dir, 'log.jsonl'), ck['step'])
     say(f"resumed from {ckpts[-1]} at step {ck['step']}")
@@ -1126,8 +1134,8 @@ def check_config(c):
     for k in ('batch_size', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth', 'pred_heads',
               'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
         need(c[k] > 0, f"--{k}={c[k]}: must be a positive integer")
-    for k in ('epochs', 'steps', 'local_views', 'lr', 'min_lr', 'weight_decay', 'weight_decay_end', 'budget_minutes',
-              'group_lambda', 'kl_beta'):
+    for k in ('epochs', 'steps', 'local_views', 'lr', 'pred_lr', 'min_lr', 'weight_decay', 'weight_decay_end',
+              'budget_minutes', 'group_lambda', 'kl_beta'):
         need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
     need(c['tau'] > 0, f"--tau={c['tau']}: the InfoNCE temperature must be > 0")
     need(0 < c['crop_scale'] <= 1, f"--crop_scale={c['crop_scale']}: an area fraction in (0, 1]")

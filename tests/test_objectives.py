@@ -75,7 +75,8 @@ def test_no_weight_decay_on_biases_norms_and_tokens():
     cfg = jepa.parse_args(['--cls_token=True'])
     model = jepa.build_model(cfg, 'cpu')
     opt = jepa.make_optimizer(model, cfg)
-    decay, no_decay = ({id(p) for p in g['params']} for g in opt.param_groups)
+    decay, no_decay = ({id(p) for g in opt.param_groups if (g['weight_decay'] > 0) == d for p in g['params']}
+                       for d in (True, False))
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.dim() >= 2 for i, p in ((i, dict(model.named_parameters())[names[i]]) for i in decay))
     assert {'predictor.mask_token', 'encoder.cls'} <= {names[i] for i in no_decay}

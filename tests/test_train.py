@@ -41,6 +41,21 @@ def test_every_method_trains_a_few_steps(tiny_args, method):
         assert 'omega' in rec and 'group_sparsity' in rec and 'kl' in rec
 
 
+def test_the_predictor_steps_at_pred_lr_times_the_lr(tiny_args):
+    """Adam's first step moves each weight by about lr (m / sqrt(v) is the gradient's sign), so after one step
+    at full lr the predictor's weights have moved pred_lr times as far as the encoder's."""
+    cfg, model, _ = run(tiny_args + ['--steps=1', '--warmup=0', '--lr=1e-3', '--pred_lr=5', '--weight_decay=0',
+                                     '--weight_decay_end=0', '--probe=False'])
+    init = jepa.build_model(cfg, 'cpu').state_dict()
+
+    def step_size(prefix):
+        moved = torch.cat([(p - init[n]).abs().flatten() for n, p in model.state_dict().items()
+                           if n.startswith(prefix) and p.dtype.is_floating_point])
+        return moved[moved > 0].median().item()
+    assert step_size('encoder.') == pytest.approx(1e-3, rel=0.02)
+    assert step_size('predictor.') == pytest.approx(5e-3, rel=0.02)
+
+
 def test_checkpoint_round_trip_and_resume_is_exact(tiny_args, tmp_path):
     """Interrupt a 4-epoch run after epoch 2 (drop its later checkpoints and log lines) and resume it: it ends
     with exactly the weights and logged losses of the uninterrupted run, because data order, augmentation,
