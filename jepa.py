@@ -47,7 +47,7 @@ batch_size = 16           # images per optimizer step (small: short CPU budgets 
 lr = 0.0                  # peak AdamW lr, reached after warm-up; 0 = 1e-3 * 128 / width (README: Results)
 min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
-pred_lr = 1.0             # predictor lr / lr (ijepa, ijepa_sigreg, sparse); 10 helped only at batch 128 (README: Results)
+pred_lr = 0.3             # predictor lr / lr (ijepa, ijepa_sigreg, sparse); 0.3 learns most at batch 16 (README)
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
 ema = 0.0                 # EMA momentum at the start (ijepa, sparse); 0 = 0.99 ** (batch_size / 16) (README: Math)
@@ -632,7 +632,8 @@ def train(cfg):
         guard.record(step + 1, {'loss': loss, **logs, 'grad_norm': grad_norm})
         opt.step()
         if cfg['method'] == 'sparse':
-            prox_group_lasso_(model.predictor.embed.weight, cfg['num_groups'], lr_now * cfg['group_lambda'])
+            threshold = lr_now * cfg['pred_lr'] * cfg['group_lambda']  # W's own lr times lambda: the prox of its step
+            prox_group_lasso_(model.predictor.embed.weight, cfg['num_groups'], threshold)
         if model.target is not None:
             ema_update(model.target, model.encoder, momentum)
         step, seen, elapsed = step + 1, seen + B, elapsed + time.time() - t0
