@@ -47,7 +47,7 @@ batch_size = 16           # images per optimizer step (small: short CPU budgets 
 lr = 0.0                  # peak AdamW lr, reached after warm-up; 0 = 1e-3 * 128 / width (README: Results)
 min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
-pred_lr = 0.3             # predictor lr / lr (ijepa, ijepa_sigreg, sparse); 0.3 learns most at batch 16 (README)
+pred_lr = 0.0             # predictor lr / lr (ijepa, ijepa_sigreg, sparse); 0 = 0.3 for ijepa, 1 for the others (README)
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
 ema = 0.0                 # EMA momentum at the start (ijepa, sparse); 0 = 0.99 ** (batch_size / 16) (README: Math)
@@ -1113,6 +1113,8 @@ def parse_args(argv, defaults=None, help_text=None):
         # ema 0: the EMA scaling rule, the teacher averages over the same number of images at any batch size
         cfg['ema'] = cfg['ema'] or 0.99 ** (cfg['batch_size'] / 16)
         cfg['ema_end'] = cfg['ema_end'] or cfg['ema']
+        # pred_lr 0: a slower predictor helps I-JEPA, but not sparse and ijepa_sigreg on short budgets (README: Results)
+        cfg['pred_lr'] = cfg['pred_lr'] or (0.3 if cfg['method'] == 'ijepa' else 1.0)
         check_config(cfg)
     return cfg
 
