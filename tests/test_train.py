@@ -56,7 +56,6 @@ def test_the_predictor_steps_at_pred_lr_times_the_lr(tiny_args):
     assert step_size('predictor.') == pytest.approx(5e-3, rel=0.02)
 
 
-
 def test_the_group_lasso_threshold_follows_the_predictors_lr(tiny_args, tmp_path):
     """The proximal step belongs to W's own gradient step, so its threshold is W's lr (lr * pred_lr) times lambda:
     at --pred_lr=1e-9 W moves by less than 1e-7; at 1, lambda 1e3 (threshold 1, far above any column norm
@@ -67,6 +66,7 @@ def test_the_group_lasso_threshold_follows_the_predictors_lr(tiny_args, tmp_path
     assert torch.allclose(still.predictor.embed.weight, init, rtol=0, atol=1e-7) and (init != 0).all()
     _, shrunk, _ = run(args + ['--pred_lr=1', f'--out_dir={tmp_path / "run1"}'])
     assert (shrunk.predictor.embed.weight == 0).all()
+
 
 def test_checkpoint_round_trip_and_resume_is_exact(tiny_args, tmp_path):
     """Interrupt a 4-epoch run after epoch 2 (drop its later checkpoints and log lines) and resume it: it ends
