@@ -47,7 +47,7 @@ batch_size = 16           # images per optimizer step (small: short CPU budgets 
 lr = 0.0                  # peak AdamW lr, reached after warm-up; 0 = 1e-3 * 128 / width (README: Results)
 min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
-pred_lr = 0.0             # predictor lr / lr (ijepa, ijepa_sigreg, sparse); 0 = 0.3 for ijepa, 1 for the others (README)
+pred_lr = 0.0             # predictor lr / lr (ijepa, ijepa_sigreg, sparse); 0 = 0.3 for ijepa, 1 else (README: Results)
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
 ema = 0.0                 # EMA momentum at the start (ijepa, sparse); 0 = 0.99 ** (batch_size / 16) (README: Math)

@@ -28,13 +28,13 @@ def test_default_ema_keeps_the_teachers_window_in_images_until_set():
     assert jepa.parse_args(['--ema=0.996', '--ema_end=1.0'])['ema_end'] == 1.0
 
 
-
 def test_default_pred_lr_is_slower_for_ijepa_only_until_set():
     """--pred_lr=0 (the default) is 0.3 for ijepa and 1 for the other methods (README: Results); a set value is kept."""
     assert jepa.parse_args([])['pred_lr'] == 0.3
     for method in ('sparse', 'ijepa_sigreg', 'lejepa'):
         assert jepa.parse_args([f'--method={method}'])['pred_lr'] == 1.0
     assert jepa.parse_args(['--pred_lr=10'])['pred_lr'] == 10.0
+
 
 def test_required_keys_exist():
     for key in ('data', 'data_dir', 'out_dir', 'epochs', 'steps', 'budget_minutes', 'batch_size', 'seed',
