@@ -47,6 +47,8 @@ batch_size = 16           # images per optimizer step (small: short CPU budgets 
 lr = 0.0                  # peak AdamW lr, reached after warm-up; 0 = 1e-3 * 128 / width (README: Results)
 min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
+lowres = 0.75             # crop side in the first lowres_frac of training, a fraction of img_size (ijepa, ijepa_sigreg, sparse)
+lowres_frac = 0.5         # share of training at the lower resolution; 0 = always img_size (README: Results)
 pred_lr = 0.0             # predictor lr / lr (ijepa, ijepa_sigreg, sparse); 0 = 0.3 for ijepa, 1 else (README: Results)
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
@@ -76,6 +78,7 @@ probe = True              # linear probe of trained and random-init encoders at 
 CONFIG_KEYS = [k for k, v in list(globals().items())
                if not k.startswith('_') and isinstance(v, (bool, int, float, str)) and k != 'CONFIG_KEYS']
 METHODS = ('ijepa', 'ijepa_sigreg', 'lejepa', 'sparse', 'infonce')
+MASKED = ('ijepa', 'ijepa_sigreg', 'sparse')  # the methods of ijepa_loss: masks, predictor, progressive resizing
 DATASETS = ('shapes', 'cifar10', 'cifar100', 'tinyimagenet', 'folder')
 
 class UserError(Exception):
@@ -242,7 +245,7 @@ class JEPA(nn.Module):
         m, kernels = cfg['method'], cfg['triton_kernels']
         self.encoder = ViT(cfg['patch_size'], cfg['width'], cfg['depth'], cfg['heads'], cfg['cls_token'], kernels)
         self.target = copy.deepcopy(self.encoder).requires_grad_(False) if m in ('ijepa', 'sparse') else None  # EMA
-        if m in ('ijepa', 'ijepa_sigreg', 'sparse'):
+        if m in MASKED:
             self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'], kernels,
                                        cfg['pred_per_block'])
         if m in ('lejepa', 'infonce'):
@@ -252,9 +255,10 @@ class JEPA(nn.Module):
             self.logvar = nn.Linear(cfg['width'], cfg['width'])  # Gaussian head: mean = context token
         self.cfg = cfg
 
-    def forward(self, x, g, step):
-        """One training step's loss for a uint8 batch x (B, 3, S, S) -> (loss, dict of logged terms)."""
-        return OBJECTIVES[self.cfg['method']](self, x, self.cfg, g, step)
+    def forward(self, x, g, step, progress=1.0):
+        """One training step's loss for a uint8 batch x (B, 3, S, S) at a fraction `progress` of training
+        -> (loss, dict of logged terms)."""
+        return OBJECTIVES[self.cfg['method']](self, x, self.cfg, g, step, progress)
 
     def features_encoder(self):
         """The encoder whose pooled output is the representation: the EMA target when there is one."""
@@ -315,12 +319,13 @@ def prediction_loss(pred, target):
     """Mean smooth-L1 (beta = 1) between predicted and target features, in fp32: zero iff they are equal."""
     return F.smooth_l1_loss(pred.float(), target.float(), beta=1.0)
 
-def ijepa_loss(model, img, cfg, g, step):
+def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     """I-JEPA (Assran et al. 2023): predict the layer-normed target-encoder features of four blocks from
     a context block. Smooth-L1 (beta = 1), as in the official code. ijepa_sigreg: no EMA teacher, no
     stop-gradient: the encoder itself makes the targets and SIGReg on its pooled output prevents collapse.
     sparse: optional Gaussian head on the context tokens with a KL term (the group lasso is a prox step)."""
-    img = random_resized_crop(normalize(img), cfg['img_size'], (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
+    S = crop_size(progress, cfg)  # lower for the first lowres_frac of training
+    img = random_resized_crop(normalize(img), S, (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
     B, gw = img.shape[0], img.shape[-1] // cfg['patch_size']
     ctx_idx, tgt_idx = multiblock_masks(B, gw, gw, generator=g, device=img.device)
     teacher = model.target if model.target is not None else model.encoder
@@ -438,7 +443,7 @@ def embed_views(model, views):
     z = model.projector(model.encoder(torch.cat(views)).mean(1))  # (V*B, K)
     return z.float().view(len(views), views[0].shape[0], -1)
 
-def lejepa_loss(model, x, cfg, g, step):
+def lejepa_loss(model, x, cfg, g, step, progress=1.0):
     """LeJEPA: L = (1 - lambda) * mean_{v,n} ||mu_n - z_nv||^2 / K + lambda * mean_v SIGReg(z_v), where mu_n is
     the mean of image n's global-view embeddings. No EMA, no stop-gradient, no predictor."""
     views_g, views_l = lejepa_views(x, cfg, g)
@@ -459,7 +464,7 @@ def info_nce(z1, z2, tau):
     positive = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(z.device)
     return F.cross_entropy(sim, positive)
 
-def infonce_loss(model, x, cfg, g, step):
+def infonce_loss(model, x, cfg, g, step, progress=1.0):
     """InfoNCE on two global views (ablation against SIGReg): invariance and anti-collapse in one contrastive term."""
     views, _ = lejepa_views(x, dict(cfg, global_views=2, local_views=0), g)  # two global views
     z = embed_views(model, views)  # (2, B, K)
@@ -511,6 +516,15 @@ def schedules(progress, cfg):
     wd = cfg['weight_decay_end'] + (cfg['weight_decay'] - cfg['weight_decay_end']) * 0.5 * (1 + math.cos(math.pi * p))
     momentum = cfg['ema'] + (cfg['ema_end'] - cfg['ema']) * p
     return lr_now, wd, momentum
+
+def crop_size(progress, cfg):
+    """Progressive resizing: crops of lowres * img_size px (whole patches, a grid of at least 4x4) for the first
+    lowres_frac of training, then img_size. Fewer tokens make early steps cheaper (48 px: 36 tokens for 64), so
+    more images fit the budget; RoPE takes any grid, and the last part of training is at the probe's size."""
+    if progress >= cfg['lowres_frac']:
+        return cfg['img_size']
+    p = cfg['patch_size']
+    return max(4, round(cfg['img_size'] * cfg['lowres'] / p)) * p
 
 def make_optimizer(model, cfg):
     """AdamW; no weight decay on biases, norms, tokens (1-D params) nor on the group-lasso matrix. Each group
@@ -592,7 +606,9 @@ def train(cfg):
     params_m = sum(p.numel() for p in model.encoder.parameters()) / 1e6
     say(f"data: {cfg['data']}, {n_train} train / {data['test_x'].shape[0]} test images, {len(data['classes'])} "
         f"classes, {cfg['img_size']}px | method: {cfg['method']} | encoder {params_m:.2f}M params | "
-        + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)"))
+        + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)")
+        + (f" | crops {crop_size(0, cfg)} px for the first {cfg['lowres_frac']:.0%}, then {cfg['img_size']}"
+           if cfg['method'] in MASKED and crop_size(0, cfg) != cfg['img_size'] else ''))
     step, elapsed = resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say) if cfg['resume'] else (0, 0.0)
     if main_rank:
         with open(os.path.join(run_dir, 'config.json'), 'w') as f:
@@ -618,14 +634,15 @@ def train(cfg):
             g = torch.Generator(device=dev).manual_seed(cfg['seed'] * 7_919 + epoch)
             order, order_epoch = torch.randperm(n_train, generator=g, device=dev), epoch
         t0 = time.time()
-        lr_now, wd, momentum = schedules(progress(), cfg)
+        p = progress()  # fraction of training done: the schedules and the crop size follow it
+        lr_now, wd, momentum = schedules(p, cfg)
         for group in opt.param_groups:
             group['lr'] = lr_now * (cfg['pred_lr'] if group['predictor'] else 1)
             if group['weight_decay'] > 0:
                 group['weight_decay'] = wd
         x = data['train_x'][order[i * B + rank * B // world:i * B + (rank + 1) * B // world]]  # (B / world, 3, S, S)
         with autocast:
-            loss, logs = step_model(x, step_generator(cfg['seed'], step, dev, rank), step)
+            loss, logs = step_model(x, step_generator(cfg['seed'], step, dev, rank), step, p)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float('inf'))  # measures, does not clip
@@ -1142,6 +1159,8 @@ def check_config(c):
         need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
     need(c['tau'] > 0, f"--tau={c['tau']}: the InfoNCE temperature must be > 0")
     need(0 < c['crop_scale'] <= 1, f"--crop_scale={c['crop_scale']}: an area fraction in (0, 1]")
+    need(0 < c['lowres'] <= 1, f"--lowres={c['lowres']}: a fraction of --img_size in (0, 1]")
+    need(0 <= c['lowres_frac'] <= 1, f"--lowres_frac={c['lowres_frac']}: a fraction of training in [0, 1]")
     need(0 <= c['warmup'] < 1, f"--warmup={c['warmup']}: a fraction of training in [0, 1)")
     need(0 <= c['ema'] <= 1, f"--ema={c['ema']}: a momentum in [0, 1]")
     need(0 <= c['ema_end'] <= 1, f"--ema_end={c['ema_end']}: a momentum in [0, 1]")

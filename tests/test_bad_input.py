@@ -92,6 +92,8 @@ def files(tmp_path):
     (['--data=imagenet'], 'choose one of'),
     (['--method=byol'], 'choose one of'),
     (['--warmup=1.5'], '[0, 1)'),
+    (['--lowres=0'], 'fraction of --img_size'),
+    (['--lowres_frac=2'], 'fraction of training'),
     (['--sigreg_weight=2'], 'lambda'),
     (['--epochs=0'], 'nothing to train'),
     (['--num_groups=5'], 'must divide'),

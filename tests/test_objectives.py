@@ -71,6 +71,36 @@ def test_schedule_endpoints():
     assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))     # cosine falls
 
 
+def test_crop_size_is_lower_in_whole_patches_then_the_image_size():
+    cfg = jepa.parse_args(['--img_size=64', '--patch_size=8'])  # defaults: lowres 0.75 for the first half
+    assert [jepa.crop_size(p, cfg) for p in (0.0, 0.49, 0.5, 1.0)] == [48, 48, 64, 64]
+    assert jepa.crop_size(0.0, dict(cfg, lowres=0.3)) == 32  # never below a 4x4 grid
+    assert jepa.crop_size(0.0, dict(cfg, lowres=0.6)) == 40  # 4.8 patches -> 5
+    assert all(jepa.crop_size(p / 10, dict(cfg, lowres_frac=0.0)) == 64 for p in range(11))  # off
+    assert all(jepa.crop_size(p / 10, dict(cfg, lowres=1.0)) == 64 for p in range(11))
+
+
+@pytest.mark.parametrize('method, first_half, second_half', [('ijepa', 36, 64), ('lejepa', 64, 64)])
+def test_the_masked_methods_train_on_the_lower_grid_first(method, first_half, second_half):
+    """The image that makes the targets (ijepa: the teacher's input) is a 6x6 grid of patches until lowres_frac
+    and 8x8 after; lejepa's global views keep the full grid throughout."""
+    cfg = jepa.parse_args(['--img_size=64', '--patch_size=8', '--width=32', '--depth=1', '--heads=2',
+                           '--pred_width=16', '--pred_depth=1', '--pred_heads=1', '--proj_dim=8',
+                           '--triton_kernels=False', f'--method={method}'])
+    model = jepa.build_model(cfg, 'cpu')
+    full_views = model.target if method == 'ijepa' else model.encoder  # what sees whole crops
+    tokens = []
+    full_views.register_forward_hook(lambda m, args, out: tokens.append(out.shape[1]))
+    x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    seen = []
+    for progress in (0.0, 0.6):
+        tokens.clear()
+        loss, _ = model(x, torch.Generator().manual_seed(0), 0, progress)
+        assert torch.isfinite(loss)
+        seen.append(max(tokens))
+    assert seen == [first_half, second_half]
+
+
 def test_no_weight_decay_on_biases_norms_and_tokens():
     cfg = jepa.parse_args(['--cls_token=True'])
     model = jepa.build_model(cfg, 'cpu')
