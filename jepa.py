@@ -55,7 +55,7 @@ weight_decay_end = 0.4    # weight decay at the end
 ema = 0.0                 # EMA momentum at the start (ijepa, sparse); 0 = 0.99 ** (batch_size / 16) (README: Math)
 ema_end = 0.0             # EMA momentum at the end, reached linearly; 0 = ema (constant); official 0.996 -> 1
 # regularisers
-sigreg_weight = 0.05      # lambda in (1-lambda)*prediction_or_invariance + lambda*SIGReg (lejepa, ijepa_sigreg)
+sigreg_weight = -1.0      # lambda in (1-lambda)*prediction_or_invariance + lambda*SIGReg; -1 = 0.1 for lejepa, 0.05 for ijepa_sigreg (README: Results)
 num_slices = 256          # M random directions per SIGReg evaluation
 global_views = 2          # LeJEPA global views (crop scale 0.3-1, full resolution)
 local_views = 2           # LeJEPA local views (crop scale 0.05-0.3, half resolution)
@@ -1132,6 +1132,9 @@ def parse_args(argv, defaults=None, help_text=None):
         cfg['ema_end'] = cfg['ema_end'] or cfg['ema']
         # pred_lr 0: a slower predictor helps I-JEPA, but not sparse and ijepa_sigreg on short budgets (README: Results)
         cfg['pred_lr'] = cfg['pred_lr'] or (0.3 if cfg['method'] == 'ijepa' else 1.0)
+        # sigreg_weight -1: LeJEPA gains more from a stronger pull to the Gaussian; ijepa_sigreg loses (README: Results)
+        if cfg['sigreg_weight'] == -1:
+            cfg['sigreg_weight'] = 0.1 if cfg['method'] == 'lejepa' else 0.05
         check_config(cfg)
     return cfg
 

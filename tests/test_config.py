@@ -36,6 +36,17 @@ def test_default_pred_lr_is_slower_for_ijepa_only_until_set():
     assert jepa.parse_args(['--pred_lr=10'])['pred_lr'] == 10.0
 
 
+def test_default_sigreg_weight_is_per_method_until_set():
+    """--sigreg_weight=-1 (the default) is 0.1 for lejepa and 0.05 for ijepa_sigreg (README: Results); a set value,
+    0 included (SIGReg off), is kept, and any other negative value is refused."""
+    assert jepa.parse_args(['--method=lejepa'])['sigreg_weight'] == 0.1
+    assert jepa.parse_args(['--method=ijepa_sigreg'])['sigreg_weight'] == 0.05
+    assert jepa.parse_args(['--method=lejepa', '--sigreg_weight=0'])['sigreg_weight'] == 0.0
+    assert jepa.parse_args(['--method=ijepa_sigreg', '--sigreg_weight=0.3'])['sigreg_weight'] == 0.3
+    with pytest.raises(jepa.UserError, match='lambda'):
+        jepa.parse_args(['--method=lejepa', '--sigreg_weight=-0.5'])
+
+
 def test_required_keys_exist():
     for key in ('data', 'data_dir', 'out_dir', 'epochs', 'steps', 'budget_minutes', 'batch_size', 'seed',
                 'resume', 'device', 'compile'):
