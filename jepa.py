@@ -55,7 +55,7 @@ weight_decay_end = 0.4    # weight decay at the end
 ema = 0.0                 # EMA momentum at the start (ijepa, sparse); 0 = 0.99 ** (batch_size / 16) (README: Math)
 ema_end = 0.0             # EMA momentum at the end, reached linearly; 0 = ema (constant); official 0.996 -> 1
 # regularisers
-sigreg_weight = -1.0      # lambda in (1-lambda)*prediction_or_invariance + lambda*SIGReg; -1 = 0.1 for lejepa, 0.05 for ijepa_sigreg (README: Results)
+sigreg_weight = -1.0      # lambda of (1-lambda)*loss + lambda*SIGReg; -1 = 0.1 for lejepa, 0.05 for ijepa_sigreg (README: Results)
 num_slices = 256          # M random directions per SIGReg evaluation
 global_views = 2          # LeJEPA global views (crop scale 0.3-1, full resolution)
 local_views = 2           # LeJEPA local views (crop scale 0.05-0.3, half resolution)
