@@ -2,7 +2,7 @@
 nano-jepa: Joint-Embedding Predictive Architectures for images, in one file.
 
     python jepa.py                          # I-JEPA on the embedded shapes data (a few minutes on a CPU)
-    python jepa.py --method=lejepa          # LeJEPA: multi-view invariance + SIGReg, no EMA, no stop-grad
+    python jepa.py --method=lejepa --local_views=0  # LeJEPA: multi-view invariance + SIGReg, no EMA, no stop-grad
     python jepa.py -h                       # every config key with its default and what it does
 
 Read it top to bottom, the method first: config -> model (RoPE, attention, ViT, predictor) -> masking ->
