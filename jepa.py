@@ -1,9 +1,9 @@
 """
 nano-jepa: Joint-Embedding Predictive Architectures for images, in one file.
 
-    python jepa.py                          # I-JEPA on the embedded shapes data (a few minutes on a CPU)
+    python jepa.py                                  # I-JEPA on the embedded shapes data (a few minutes on a CPU)
     python jepa.py --method=lejepa --local_views=0  # LeJEPA: multi-view invariance + SIGReg, no EMA, no stop-grad
-    python jepa.py -h                       # every config key with its default and what it does
+    python jepa.py -h                               # every config key with its default and what it does
 
 Read it top to bottom, the method first: config -> model (RoPE, attention, ViT, predictor) -> masking ->
 objectives (I-JEPA, SIGReg, group sparsity, InfoNCE) -> EMA and schedules -> augmentation -> training loop ->
@@ -55,7 +55,7 @@ weight_decay_end = 0.4    # weight decay at the end
 ema = 0.0                 # EMA momentum at the start (ijepa, sparse); 0 = 0.99 ** (batch_size / 16) (README: Math)
 ema_end = 0.0             # EMA momentum at the end, reached linearly; 0 = ema (constant); official 0.996 -> 1
 # regularisers
-sigreg_weight = -1.0      # lambda of (1-lambda)*loss + lambda*SIGReg; -1 = 0.1 for lejepa, 0.05 for ijepa_sigreg (README: Results)
+sigreg_weight = -1.0      # lambda of (1-lambda)*loss + lambda*SIGReg; -1 = 0.1 for lejepa, 0.05 for ijepa_sigreg
 num_slices = 256          # M random directions per SIGReg evaluation
 global_views = 2          # LeJEPA global views (crop scale 0.3-1, full resolution)
 local_views = 2           # LeJEPA local views (crop scale 0.05-0.3, half resolution)
@@ -1167,7 +1167,8 @@ def check_config(c):
     need(0 <= c['warmup'] < 1, f"--warmup={c['warmup']}: a fraction of training in [0, 1)")
     need(0 <= c['ema'] <= 1, f"--ema={c['ema']}: a momentum in [0, 1]")
     need(0 <= c['ema_end'] <= 1, f"--ema_end={c['ema_end']}: a momentum in [0, 1]")
-    need(0 <= c['sigreg_weight'] <= 1, f"--sigreg_weight={c['sigreg_weight']}: lambda must be in [0, 1]")
+    need(0 <= c['sigreg_weight'] <= 1,
+         f"--sigreg_weight={c['sigreg_weight']}: lambda must be in [0, 1] (-1: the method's default)")
     need(c['img_size'] % c['patch_size'] == 0,
          f"--patch_size={c['patch_size']} does not divide --img_size={c['img_size']}")
     need(c['img_size'] // c['patch_size'] >= 4, "the patch grid must be at least 4x4: lower --patch_size")
