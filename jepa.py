@@ -39,6 +39,7 @@ pred_width = 64           # predictor width Dp (the narrow I-JEPA predictor)
 pred_depth = 2            # predictor blocks
 pred_heads = 2            # predictor heads; pred_width/pred_heads divisible by 4
 pred_per_block = False    # True: one predictor pass per target block, the context seeing its mask tokens (official)
+num_contexts = 1          # context blocks per image, each with its own targets, one teacher pass (official num_enc_masks)
 # optimisation
 epochs = 8                # passes over the training set
 steps = 0                 # total optimizer steps; overrides epochs when > 0
@@ -321,26 +322,30 @@ def prediction_loss(pred, target):
 
 def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     """I-JEPA (Assran et al. 2023): predict the layer-normed target-encoder features of four blocks from
-    a context block. Smooth-L1 (beta = 1), as in the official code. ijepa_sigreg: no EMA teacher, no
-    stop-gradient: the encoder itself makes the targets and SIGReg on its pooled output prevents collapse.
-    sparse: optional Gaussian head on the context tokens with a KL term (the group lasso is a prox step)."""
+    a context block (num_contexts context blocks per image, each with its own targets). Smooth-L1 (beta = 1), as
+    in the official code. ijepa_sigreg: no EMA teacher, no stop-gradient: the encoder itself makes the targets
+    and SIGReg on its pooled output prevents collapse. sparse: optional Gaussian head on the context tokens with
+    a KL term (the group lasso is a prox step)."""
     S = crop_size(progress, cfg)  # lower for the first lowres_frac of training
     img = random_resized_crop(normalize(img), S, (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
-    B, gw = img.shape[0], img.shape[-1] // cfg['patch_size']
-    ctx_idx, tgt_idx = multiblock_masks(B, gw, gw, generator=g, device=img.device)
+    B, gw, nc = img.shape[0], img.shape[-1] // cfg['patch_size'], cfg['num_contexts']
     teacher = model.target if model.target is not None else model.encoder
     with torch.no_grad() if model.target is not None else nullcontext():
         h_full = teacher(img)  # (B, L, D)
-    h = F.layer_norm(h_full, h_full.shape[-1:])  # layer norm without affine parameters
+    # nc context masks per image share its teacher pass, the step's costliest forward: B*nc student sequences,
+    # the copies of an image side by side
+    h = F.layer_norm(h_full, h_full.shape[-1:]).repeat_interleave(nc, 0)  # (B*nc, L, D), no affine parameters
+    img = img.repeat_interleave(nc, 0)  # (B*nc, 3, S, S)
+    ctx_idx, tgt_idx = multiblock_masks(B * nc, gw, gw, generator=g, device=img.device)  # (B*nc, Nc), (B*nc, 4, Nt)
     h = h.gather(1, tgt_idx.flatten(1).unsqueeze(-1).expand(-1, -1, h.shape[-1])).view(*tgt_idx.shape, -1)
-    z = model.encoder(img, ctx_idx)  # (B, Nc, D)
+    z = model.encoder(img, ctx_idx)  # (B*nc, Nc, D)
     logs, kl = {}, 0.0
     if hasattr(model, 'logvar'):
         logvar = model.logvar(z)
         kl = 0.5 * (z.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).sum(-1).mean()
         z = z + (0.5 * logvar).exp() * torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype)
         logs['kl'] = kl
-    pred = model.predictor(z, ctx_idx, tgt_idx, gw)  # (B, 4, Nt, D)
+    pred = model.predictor(z, ctx_idx, tgt_idx, gw)  # (B*nc, 4, Nt, D)
     loss = prediction_loss(pred, h)
     logs['pred'] = loss
     if cfg['method'] == 'ijepa_sigreg':
@@ -1155,7 +1160,7 @@ def check_config(c):
     need(c['method'] in METHODS, f"--method={c['method']}: choose one of {', '.join(METHODS)}")
     need(c['data'] in DATASETS, f"--data={c['data']}: choose one of {', '.join(DATASETS)}")
     for k in ('batch_size', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth', 'pred_heads',
-              'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
+              'num_contexts', 'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
         need(c[k] > 0, f"--{k}={c[k]}: must be a positive integer")
     for k in ('epochs', 'steps', 'local_views', 'lr', 'pred_lr', 'min_lr', 'weight_decay', 'weight_decay_end',
               'budget_minutes', 'group_lambda', 'kl_beta'):

@@ -61,6 +61,7 @@ def test_unknown_key_suggests_closest():
 @pytest.mark.parametrize('arg, msg', [
     ('--epochs=two', 'expected int'),
     ('--batch_size=-4', 'positive'),
+    ('--num_contexts=0', 'positive'),
     ('--patch_size=5', 'does not divide'),
     ('--heads=5', 'does not divide'),
     ('--width=40', 'divisible by 4'),  # 40 / 4 heads = head dim 10: no room for 2-D RoPE pairs
