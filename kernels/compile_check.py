@@ -31,8 +31,7 @@ if os.environ.get('TRITON_INTERPRET') == '1':  # the interpreter replaces @trito
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource, make_backend
-from triton.runtime.jit import JITFunction, create_function_from_signature
+from triton.compiler import ASTSource
 
 from kernels import attention as attention_mod, sigreg as sigreg_mod
 
@@ -64,7 +63,7 @@ class Recorder:
 def record(module, call, config):
     """The launches `call()` makes through the kernels of `module`, as (kernel, config, args, meta)."""
     log = []
-    jitted = {name: fn for name, fn in vars(module).items() if isinstance(fn, JITFunction)}
+    jitted = {name: fn for name, fn in vars(module).items() if isinstance(fn, triton.runtime.JITFunction)}
     for name, fn in jitted.items():
         setattr(module, name, Recorder(fn, log, config))
     try:
@@ -109,13 +108,12 @@ def compile_one(job):
     module_name, name = fn_name.rsplit('.', 1)
     fn = getattr(sys.modules[module_name], name)
     target = GPUTarget('cuda', TARGETS[target_name], 32)
-    backend, kwargs, bound, spec, options = specialization(fn, args, meta, target)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
+    signature, constexprs, attrs, options = specialization(fn, args, meta)
     row = dict(kernel=fn.__name__, config=config, target=target_name,
                meta=' '.join(f"{k}={v}" for k, v in meta.items() if k not in ('DOT', 'PREC')))
     t0 = time.time()
     try:
-        compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+        compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options)
     except Exception as e:  # a compile error is a result to report, not a crash of the report
         return dict(row, error=f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}")
     with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
@@ -128,12 +126,44 @@ def compile_one(job):
                 seconds=time.time() - t0)
 
 
-def specialization(fn, args, meta, target=GPUTarget('cuda', 90, 32)):
-    """What Triton keys its compile cache on: argument types, constexprs and alignment/divisibility hints."""
-    backend = make_backend(target)
-    kwargs = dict(meta, debug=False, instrumentation_mode='', fpsan_homomorphic_casts=False)
-    bound, spec, options = create_function_from_signature(fn.signature, fn.params, backend)(*args, **kwargs)
-    return backend, kwargs, bound, spec, options
+TL_DTYPE = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16', torch.int32: 'i32',
+            torch.int64: 'i64', torch.int8: 'i8', torch.uint8: 'u8', torch.bool: 'i1'}
+DIVISIBILITY = [['tt.divisibility', 16]]
+
+
+def specialization(fn, args, meta):
+    """What a launch `fn[grid](*args, **meta)` compiles to, as triton.compile's inputs: (signature, constexprs,
+    attrs, options). Triton's launcher specialises each argument the same way in every release we support
+    (3.8, 3.9), which is written out here instead of calling its internals (their keywords change between
+    releases): a tensor is a typed pointer, marked divisible by 16 when its address is 16-byte aligned; an int
+    is i32 (i64 past 32 bits), the constant 1 when it equals 1, and marked divisible by 16 when it is -- both
+    unless listed in do_not_specialize; floats are fp32, bools u1. Keyword arguments that name a parameter are
+    constexprs; the others (num_warps, num_stages) are compiler options."""
+    signature, constexprs, attrs = {}, {}, {}
+    values = dict(zip(fn.arg_names, args), **{k: v for k, v in meta.items() if k in fn.arg_names})
+    for i, param in enumerate(fn.params):
+        name, value = param.name, values[param.name]
+        if param.is_constexpr:
+            signature[name], constexprs[(i,)] = 'constexpr', value
+        elif torch.is_tensor(value):
+            signature[name] = '*' + TL_DTYPE[value.dtype]
+            if value.data_ptr() % 16 == 0:
+                attrs[(i,)] = DIVISIBILITY
+        elif isinstance(value, bool):
+            signature[name] = 'u1'
+        elif isinstance(value, int):
+            if value == 1 and not param.do_not_specialize:
+                signature[name], constexprs[(i,)] = 'constexpr', 1
+                continue
+            signature[name] = 'i32' if -2 ** 31 <= value < 2 ** 31 else 'i64'
+            if value % 16 == 0 and not param.do_not_specialize:
+                attrs[(i,)] = DIVISIBILITY
+        elif isinstance(value, float):
+            signature[name] = 'fp32'
+        else:
+            raise TypeError(f"{fn.__name__}: argument {name} of type {type(value).__name__} is not modelled here")
+    options = {k: v for k, v in meta.items() if k not in fn.arg_names}
+    return signature, constexprs, attrs, options
 
 
 def launches():
@@ -141,8 +171,9 @@ def launches():
     configuration that makes it."""
     seen = {}
     for fn, config, args, meta in list(attention_launches()) + list(sigreg_launches()):
-        spec = specialization(fn, args, meta)[3]
-        seen.setdefault((fn.__name__, str(spec), str(sorted(meta.items(), key=str))), (fn, config, args, meta))
+        signature, constexprs, attrs, options = specialization(fn, args, meta)
+        key = (fn.__name__, str(signature), str(sorted(constexprs.items(), key=str)), str(attrs), str(options))
+        seen.setdefault(key, (fn, config, args, meta))
     return list(seen.values())
 
 

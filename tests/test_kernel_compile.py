@@ -39,3 +39,31 @@ def test_check_flags_what_breaks_a_rule():
             " len(v(dict(row, config='float32 d=32', spill=8))), len(v(dict(row, kernel='_cf_sums_fwd', config='float32', spill=8))))")
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.stdout.split() == ['0', '1', '1', '1', '0', '1'], r.stderr[-2000:]
+
+
+def test_specialization_matches_tritons_own():
+    """compile_check writes out Triton's argument specialisation instead of calling its internals (whose keywords
+    change between releases); where those internals import, both agree on every launch of the grid: types,
+    constexprs (the int 1 included) and divisibility-16 hints (do_not_specialize honoured)."""
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    code = """
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+from triton.runtime.jit import create_function_from_signature
+from kernels.compile_check import attention_launches, sigreg_launches, specialization
+backend = make_backend(GPUTarget('cuda', 90, 32))
+n = differ = 0
+for fn, config, args, meta in list(attention_launches()) + list(sigreg_launches()):
+    signature, constexprs, attrs, _ = specialization(fn, args, meta)
+    consts = {k: v for k, v in meta.items() if k in fn.arg_names}
+    _, spec, _ = create_function_from_signature(fn.signature, fn.params, backend)(*args, **consts)
+    theirs = ({name: s[0] for name, s in zip(fn.arg_names, spec)},
+              {(i,): s[1] for i, s in enumerate(spec) if s[0] == 'constexpr'},
+              {(i,): backend.parse_attr(s[1]) for i, s in enumerate(spec) if s[0] != 'constexpr' and s[1]})
+    n, differ = n + 1, differ + ((signature, constexprs, attrs) != theirs)
+print(n, differ)
+"""
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n, differ = map(int, r.stdout.split())
+    assert n > 500 and differ == 0, r.stdout
