@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import random
 import sys
 import time
 
@@ -311,11 +312,11 @@ def html_table(rows, cols=None):
 @torch.no_grad()
 def student_features(encoder, images, patch_size, batch_size=256, seed=0):
     """Pooled context-encoder features on I-JEPA-masked images (the student's view)."""
-    g = torch.Generator(device=images.device).manual_seed(seed)
+    g, rng = torch.Generator(device=images.device).manual_seed(seed), random.Random(seed)
     out = []
     for x in images.split(batch_size):
         grid = x.shape[-1] // patch_size
-        ctx, _ = jepa.multiblock_masks(x.shape[0], grid, grid, generator=g, device=x.device)
+        ctx, _ = jepa.multiblock_masks(x.shape[0], grid, grid, rng=rng, generator=g, device=x.device)
         out.append(encoder(jepa.normalize(x), ctx).mean(1).float())
     return torch.cat(out)
 

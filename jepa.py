@@ -12,7 +12,7 @@ Papers: I-JEPA (Assran et al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJE
 2025), oi-VAE (Ainsworth et al. 2018), RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every
 definition used here.
 """
-import copy, difflib, hashlib, io, json, math, os, pickle, re, sys, tarfile, time, urllib.request, zipfile, zlib
+import copy, difflib, hashlib, io, json, math, os, pickle, random, re, sys, tarfile, time, urllib.request, zipfile, zlib
 from contextlib import nullcontext
 
 import numpy as np
@@ -110,10 +110,11 @@ def rope(x, pos, theta=ROPE_THETA):
     xc = torch.view_as_complex(x.to(dt).reshape(*x.shape[:-1], d // 2, 2))  # (B, H, N, d/2) complex
     return torch.view_as_real(xc * torch.polar(torch.ones_like(phi), phi)).flatten(-2).type_as(x)
 
-def kernels_available(t):
-    """Can the Triton kernels take tensor t? On CUDA when triton imports; on CPU only in Triton's interpreter
-    (TRITON_INTERPRET=1), which runs them slowly but exactly as written (tests use that)."""
-    if t.is_cuda or (t.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1'):
+def kernels_available(device):
+    """Can the Triton kernels run on this device? On CUDA when triton imports; on CPU only in Triton's
+    interpreter (TRITON_INTERPRET=1), which runs them slowly but exactly as written (tests use that)."""
+    device = torch.device(device)
+    if device.type == 'cuda' or (device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1'):
         try:
             import kernels.attention, kernels.sigreg  # noqa: F401, E401  (a triton that does not import: no kernels)
             return True
@@ -129,12 +130,11 @@ def visible(seg):
 def attention(q, k, v, pos, kernels=False, seg=None):
     """Non-causal softmax attention with 2-D RoPE on q and k. q, k, v (B, H, N, d) -> (B, H, N, d); seg (N,)
     optional segment ids (see visible). RoPE, then PyTorch's SDPA; with kernels=True the fused kernel rotates
-    q and k as it loads them (and falls back to the PyTorch path, with a warning, if it cannot compile or
-    launch on this GPU)."""
+    q and k as it loads them (and takes the PyTorch path once the kernel has failed: kernels.self_test)."""
     def pytorch(q, k, v):
         return F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v,
                                               attn_mask=None if seg is None else visible(seg))
-    if kernels and kernels_available(q):
+    if kernels:
         from kernels.attention import attention as fused_attention
         return fused_attention(q, k, v, pos, ROPE_THETA, fallback=pytorch, seg=seg)
     return pytorch(q, k, v)
@@ -266,28 +266,33 @@ class JEPA(nn.Module):
         return self.target if self.target is not None else self.encoder
 
 def build_model(cfg, dev):
+    """The JEPA of cfg on dev; the Triton kernels only where they can run (kernels_available)."""
     torch.manual_seed(cfg['seed'])
+    cfg = dict(cfg, triton_kernels=cfg['triton_kernels'] and kernels_available(dev))
     return JEPA(cfg).to(dev)
 
 # ----------------------------------------------------------------------------- masking (I-JEPA multi-block)
-def multiblock_masks(batch_size, grid_h, grid_w, *, num_targets=4, generator=None, device=None,
+def multiblock_masks(batch_size, grid_h, grid_w, *, rng, num_targets=4, generator=None, device=None,
                      target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0)):
-    """I-JEPA multi-block masks for a batch, vectorised, with no rejection loop.
+    """I-JEPA multi-block masks for a batch, vectorised on the device, with no rejection loop and no host sync.
     Returns context_idx LongTensor (B, Nc) and target_idx LongTensor (B, num_targets, Nt), row-major patch
-    indices. One target size per batch (so Nt is equal); each block's top-left corner is uniform over all valid
-    positions (the official collator never reaches the last row and column). The context is a square block
-    minus the union of the targets, cut to the batch's smallest count by a random subset (never a row-major
-    prefix, which favours the top rows)."""
+    indices. The batch-wide sizes (target scale and aspect, context scale) are Python numbers from rng, a
+    random.Random, so every shape is known on the host; positions come from `generator` on the device. Each
+    block's top-left corner is uniform over all valid positions (the official collator never reaches the last
+    row and column). The context is a square block minus the union of the targets; every image keeps Nc of its
+    patches, a uniformly random subset (never a row-major prefix, which favours the top rows), with Nc the
+    expected size of that set (so no count is read back from the device). An image whose set is smaller tops
+    it up with random non-target patches from outside the block; a target patch is never context."""
     B, H, W, L, nb = batch_size, grid_h, grid_w, grid_h * grid_w, num_targets
-    u = torch.rand(3, generator=generator, device=device).tolist()  # batch-wide target scale, aspect; context scale
-    s = target_scale[0] + (target_scale[1] - target_scale[0]) * u[0]
-    r = target_aspect[0] + (target_aspect[1] - target_aspect[0]) * u[1]
+    s = rng.uniform(*target_scale)
+    r = rng.uniform(*target_aspect)
     area = math.floor(L * s)
     h, w = min(max(round(math.sqrt(area * r)), 1), H), min(max(round(math.sqrt(area / r)), 1), W)
     while nb * h * w >= L and h * w > 1:  # tiny grids: leave room for context (at most H+W steps)
         h, w = (h - 1, w) if h >= w else (h, w - 1)
-    cs = math.floor(L * (context_scale[0] + (context_scale[1] - context_scale[0]) * u[2]))
+    cs = math.floor(L * rng.uniform(*context_scale))
     ch = cw = min(max(round(math.sqrt(cs)), 1), H, W)  # square context block
+    n_keep = min(max(1, expected_context(H, W, h, w, ch, cw, nb)), L - nb * h * w)  # <= the non-target patches
     rand = torch.rand(B, 2 * nb + 2, generator=generator, device=device)  # one draw for all corners
     top = (rand[:, :nb] * (H - h + 1)).long()  # (B, nb), uniform over 0..H-h inclusive
     left = (rand[:, nb:2 * nb] * (W - w + 1)).long()
@@ -300,20 +305,22 @@ def multiblock_masks(batch_size, grid_h, grid_w, *, num_targets=4, generator=Non
     in_target = torch.zeros(B, L, dtype=torch.bool, device=device).scatter_(1, target_idx.flatten(1), True)
     rows_in = (ar_h >= ctop) & (ar_h < ctop + ch)  # (B, H)
     cols_in = (ar_w >= cleft) & (ar_w < cleft + cw)  # (B, W)
-    context = (rows_in.unsqueeze(2) & cols_in.unsqueeze(1)).flatten(1) & ~in_target  # (B, L)
-    # fall back to every non-target patch when the block is all targets; never empty, since the
-    # targets cover less than the grid (the loop above)
-    context = torch.where(context.any(1, keepdim=True), context, ~in_target)
-    n_keep = int(context.sum(1).min())
-    # a random subset of each row's context, n_keep long, without a per-row sort: walk the patches in one random
-    # priority order and keep each row's first n_keep context patches. Restricted to any context set a uniform
-    # permutation is a uniform ordering, so every image keeps a uniformly random subset.
-    order = torch.randperm(L, generator=generator, device=device)  # (L,) patches by priority
-    ctx_in_order = context[:, order]  # (B, L)
-    keep = torch.empty_like(context)
-    keep[:, order] = ctx_in_order & (ctx_in_order.cumsum(1) <= n_keep)
-    context_idx = keep.nonzero()[:, 1].view(B, n_keep)  # (B, Nc), row-major
+    in_block = (rows_in.unsqueeze(2) & cols_in.unsqueeze(1)).flatten(1)  # (B, L)
+    # random priorities in three tiers: the context block's non-target patches first, then the other non-target
+    # patches, targets last (never reached: n_keep is at most the non-target count). The top n_keep of random
+    # keys restricted to a set are a uniformly random subset of it.
+    tier = (~in_target).long() + (in_block & ~in_target).long()  # (B, L): 2, 1 or 0
+    key = tier + torch.rand(B, L, generator=generator, device=device)
+    context_idx = key.topk(n_keep, dim=1).indices.sort(dim=1).values  # (B, Nc), row-major
     return context_idx, target_idx
+
+def expected_context(H, W, h, w, ch, cw, nb):
+    """Expected size of a (ch, cw) block at a uniform position minus nb independent uniform (h, w) targets on an
+    H x W grid, rounded down: sum over patches of P(in block) * P(in no target)."""
+    def cover(n, size):  # P(cell i of a line of n is inside a segment of `size` at a uniform start), i < n
+        return [(min(i, n - size) - max(0, i - size + 1) + 1) / (n - size + 1) for i in range(n)]
+    bh, bw, th, tw = cover(H, ch), cover(W, cw), cover(H, h), cover(W, w)
+    return math.floor(sum(bh[i] * bw[j] * (1 - th[i] * tw[j]) ** nb for i in range(H) for j in range(W)))
 
 # ----------------------------------------------------------------------------- objectives
 def prediction_loss(pred, target):
@@ -336,7 +343,8 @@ def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     # the copies of an image side by side
     h = F.layer_norm(h_full, h_full.shape[-1:]).repeat_interleave(nc, 0)  # (B*nc, L, D), no affine parameters
     img = img.repeat_interleave(nc, 0)  # (B*nc, 3, S, S)
-    ctx_idx, tgt_idx = multiblock_masks(B * nc, gw, gw, generator=g, device=img.device)  # (B*nc, Nc), (B*nc, 4, Nt)
+    ctx_idx, tgt_idx = multiblock_masks(B * nc, gw, gw, rng=random.Random(g.initial_seed()), generator=g,
+                                        device=img.device)  # (B*nc, Nc), (B*nc, 4, Nt)
     h = h.gather(1, tgt_idx.flatten(1).unsqueeze(-1).expand(-1, -1, h.shape[-1])).view(*tgt_idx.shape, -1)
     z = model.encoder(img, ctx_idx)  # (B*nc, Nc, D)
     logs, kl = {}, 0.0
@@ -350,7 +358,7 @@ def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     logs['pred'] = loss
     if cfg['method'] == 'ijepa_sigreg':
         lam = cfg['sigreg_weight']
-        logs['sigreg'] = reg = sigreg(h_full.mean(1), step, cfg['num_slices'], cfg['seed'], cfg['triton_kernels'])
+        logs['sigreg'] = reg = sigreg(h_full.mean(1), step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])
         loss = (1 - lam) * loss + lam * reg
     return loss + cfg['kl_beta'] * kl, logs
 
@@ -361,11 +369,11 @@ def ijepa_loss(model, img, cfg, g, step, progress=1.0):
 #   T_m = N * sum_k w_k [(C_mk - phi_k)^2 + S_mk^2],  C_mk = mean_n cos(t_k y_nm),  S_mk = mean_n sin(t_k y_nm)
 # with phi_k = exp(-t_k^2/2) and trapezoid weights w_k on [-3, 3] folded by symmetry (interior 2*dt*phi_k,
 # ends dt*phi_k). This is the official code's definition (the paper's Algorithm 1 integrates over [-5, 5]).
-NUM_KNOTS = 17
+NUM_KNOTS, T_MAX = 17, 3.0
 
 def ep_knots(num_knots=NUM_KNOTS, dtype=torch.float32, device=None):
     """Knots t (T,), target characteristic function phi (T,) and quadrature weights w (T,)."""
-    dt = 3 / (num_knots - 1)
+    dt = T_MAX / (num_knots - 1)
     t = torch.arange(num_knots, dtype=dtype, device=device) * dt
     phi = torch.exp(-t ** 2 / 2)
     w = 2 * dt * phi
@@ -404,13 +412,13 @@ def epps_pulley(y, num_knots=NUM_KNOTS, kernels=False):
     """Per-slice Epps-Pulley statistic T_m for projections y (N, M) -> (M,). Computed in fp32 (fp64 for fp64
     input) whatever the input dtype; differentiable. Under torch.distributed the characteristic-function means
     are all-reduced (with a gradient-carrying all-reduce), so the statistic is the global-batch one.
-    kernels=True: the fused Triton sums where available (fp32; this recomputing path is their fallback)."""
+    kernels=True: the fused Triton sums (fp32; this recomputing path is their fallback)."""
     y = y.double() if y.dtype == torch.float64 else y.float()
     t, phi, w = ep_knots(num_knots, y.dtype, y.device)
-    n = torch.tensor(float(y.shape[0]), dtype=y.dtype, device=y.device)
-    if kernels and y.dtype == torch.float32 and kernels_available(y):
+    n = y.new_full((), y.shape[0])  # a tensor (all-reduced below), made without a host-to-device copy
+    if kernels and y.dtype == torch.float32:
         from kernels.sigreg import cf_sums
-        cos_sum, sin_sum = cf_sums(y, t, fallback=CFSums.apply)  # fused Triton kernels, same sums
+        cos_sum, sin_sum = cf_sums(y, num_knots, T_MAX / (num_knots - 1), lambda y: CFSums.apply(y, t))  # fused
     else:
         cos_sum, sin_sum = CFSums.apply(y, t)  # (M, T) each
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -423,14 +431,16 @@ def epps_pulley(y, num_knots=NUM_KNOTS, kernels=False):
 def sigreg(z, step, num_slices=num_slices, seed=0, kernels=False):
     """SIGReg of embeddings z (N, D) or of several views (V, N, D) (mean over views): mean over M random unit
     directions of the Epps-Pulley statistic. The directions come from a generator seeded by the step, so every
-    rank draws the same ones and a resumed run draws them again."""
+    rank draws the same ones and a resumed run draws them again. In fp32 (fp64 for fp64 z) even under autocast,
+    which would run the projection and the quadrature, both matmuls, in bf16."""
     g = torch.Generator(device=z.device).manual_seed(seed * 1_000_003 + step)
     dt = torch.promote_types(z.dtype, torch.float32)  # fp32, or fp64 for fp64 embeddings
-    A = F.normalize(torch.randn(z.shape[-1], num_slices, generator=g, device=z.device, dtype=dt), dim=0)  # (D, M)
-    y = z.to(dt) @ A  # (N, M) or (V, N, M)
-    if y.dim() == 3:  # every view's slices are separate slices of its own: (N, V*M)
-        y = y.permute(1, 0, 2).flatten(1)
-    return epps_pulley(y, kernels=kernels).mean()
+    with torch.autocast(z.device.type, enabled=False):
+        A = F.normalize(torch.randn(z.shape[-1], num_slices, generator=g, device=z.device, dtype=dt), dim=0)  # (D, M)
+        y = z.to(dt) @ A  # (N, M) or (V, N, M)
+        if y.dim() == 3:  # every view's slices are separate slices of its own: (N, V*M)
+            y = y.permute(1, 0, 2).flatten(1)
+        return epps_pulley(y, kernels=kernels).mean()
 
 def lejepa_views(x, cfg, g):
     """V_g global views (full resolution) and V_l local views (half resolution) of a uint8 batch."""
@@ -455,7 +465,7 @@ def lejepa_loss(model, x, cfg, g, step, progress=1.0):
     z = torch.cat([v for v in (embed_views(model, views_g), embed_views(model, views_l)) if v is not None])  # (V, B, K)
     mu = z[:cfg['global_views']].mean(0)  # (B, K)
     inv = (mu - z).pow(2).mean()  # mean over views, images and the K coordinates
-    reg = sigreg(z, step, cfg['num_slices'], cfg['seed'], cfg['triton_kernels'])
+    reg = sigreg(z, step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])
     lam = cfg['sigreg_weight']
     return (1 - lam) * inv + lam * reg, {'inv': inv, 'sigreg': reg}
 
@@ -466,7 +476,7 @@ def info_nce(z1, z2, tau):
     sim = z @ z.T / tau  # (2B, 2B)
     sim.fill_diagonal_(float('-inf'))  # a sample is not its own negative
     B = z1.shape[0]
-    positive = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(z.device)
+    positive = torch.arange(2 * B, device=z.device).roll(B)  # (2B,): i <-> i + B
     return F.cross_entropy(sim, positive)
 
 def infonce_loss(model, x, cfg, g, step, progress=1.0):
@@ -505,9 +515,8 @@ OBJECTIVES = {'ijepa': ijepa_loss, 'ijepa_sigreg': ijepa_loss, 'sparse': ijepa_l
 # ----------------------------------------------------------------------------- EMA and schedules
 @torch.no_grad()
 def ema_update(target, online, momentum):
-    """theta_target <- m * theta_target + (1 - m) * theta_online."""
-    for pt, po in zip(target.parameters(), online.parameters()):
-        pt.lerp_(po.detach(), 1 - momentum)
+    """theta_target <- m * theta_target + (1 - m) * theta_online, all parameters in one call."""
+    torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in online.parameters()], 1 - momentum)
 
 def schedules(progress, cfg):
     """Learning rate (linear warm-up, cosine decay), weight decay (cosine rise) and EMA momentum (linear from ema
@@ -548,11 +557,19 @@ def make_optimizer(model, cfg):
 
 # ----------------------------------------------------------------------------- augmentation
 # Batched on the device: each image gets its own crop box, flip and jitter, through one grid_sample.
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD, LUMA = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (0.299, 0.587, 0.114)
+_constants = {}
+
+def channels(values, device):
+    """A (1, 3, 1, 1) tensor of Python numbers on device, made once: a host-to-device copy in every step would
+    make the host wait for the GPU."""
+    key = (values, str(device))
+    if key not in _constants:
+        _constants[key] = torch.tensor(values, device=device).view(1, 3, 1, 1)
+    return _constants[key]
 
 def normalize(x):  # uint8 (B, 3, S, S) -> float, ImageNet statistics
-    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (MEAN, STD))
-    return (x.float() / 255 - mean) / std
+    return (x.float() / 255 - channels(MEAN, x.device)) / channels(STD, x.device)
 
 def random_resized_crop(x, out_size, scale, g, flip=True):
     """Per-image random-resized-crop (area fraction in `scale`, aspect in [3/4, 4/3]) and horizontal flip,
@@ -573,10 +590,10 @@ def color_jitter(x, g, strength=0.4, p_gray=0.2):
     """Brightness, contrast and saturation jitter and random grayscale on a normalised batch (B, 3, S, S)."""
     B = x.shape[0]
     r = torch.rand(B, 4, generator=g, device=x.device)
-    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (MEAN, STD))
+    mean, std = channels(MEAN, x.device), channels(STD, x.device)
     x = x * std + mean  # back to [0, 1]
     f = lambda i: (1 + strength * (2 * r[:, i] - 1)).view(B, 1, 1, 1)  # noqa: E731
-    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    gray = (x * channels(LUMA, x.device)).sum(1, keepdim=True)
     x = x * f(0)                                                            # brightness
     x = (x - gray.mean((2, 3), keepdim=True)) * f(1) + gray.mean((2, 3), keepdim=True)  # contrast
     x = (x - gray) * f(2) + gray                                            # saturation
@@ -597,6 +614,10 @@ def train(cfg):
     run_dir = cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}")
     torch.backends.cuda.matmul.allow_tf32 = True
     autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev.startswith('cuda') else nullcontext()
+    if cfg['triton_kernels'] and kernels_available(dev):  # a family that fails its self-test runs in PyTorch
+        import kernels
+        kernels.failed.clear()
+        kernels.self_test(torch.device(dev), torch.bfloat16 if dev.startswith('cuda') else torch.float32)
     say(device_line(cfg, dev, world))
     data = load_data(cfg, dev)
     open_run_dir(run_dir, main_rank)  # only now: bad data leaves no empty run directory behind
@@ -632,7 +653,7 @@ def train(cfg):
                 'model': model.state_dict(), 'optimizer': opt.state_dict(), 'config': cfg, 'step': step,
                 'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
 
-    t_last, seen, order_epoch, last = time.time(), 0, -1, {}
+    t_last, seen, order_epoch, last, warm = time.time(), 0, -1, {}, False
     while (progress() < 1) if budget else (step < total):
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # a fresh permutation per epoch, seeded by it: resumable
@@ -658,7 +679,14 @@ def train(cfg):
             prox_group_lasso_(model.predictor.embed.weight, cfg['num_groups'], threshold)
         if model.target is not None:
             ema_update(model.target, model.encoder, momentum)
-        step, seen, elapsed = step + 1, seen + B, elapsed + time.time() - t0
+        step, seen = step + 1, seen + B
+        if warm:
+            elapsed += time.time() - t0
+        else:  # the first step compiles (Triton kernels, torch.compile): off the budget clock and the speed
+            if dev.startswith('cuda'):
+                torch.cuda.synchronize(dev)
+            say(f"warm-up: the first step took {time.time() - t0:.1f} s (compiling), not counted in the budget")
+            t_last, seen, warm = time.time(), 0, True
         if step % cfg['log_every'] == 0 or step == total:
             guard.check(step, run_dir)
             now = time.time()
@@ -683,11 +711,16 @@ def train(cfg):
                          'rank': rank}
 
 def device_line(cfg, dev, world):
-    """What trains where: device, processes, precision, and which attention / SIGReg path is used."""
-    use_kernels = cfg['triton_kernels'] and kernels_available(torch.empty(0, device=dev))
+    """What trains where: device, processes, precision, and which attention / SIGReg path is used (after the
+    kernels' self-test)."""
     on_cuda = dev.startswith('cuda')
-    paths = ('Triton kernels for attention and SIGReg' + ('' if on_cuda else " (Triton's interpreter)")
-             if use_kernels else 'SDPA attention, PyTorch SIGReg')
+    fused = set()
+    if cfg['triton_kernels'] and kernels_available(dev):
+        import kernels
+        fused = {'attention', 'SIGReg'} - {f.replace('sigreg', 'SIGReg') for f in kernels.failed}
+    where = '' if on_cuda else " (Triton's interpreter)"
+    paths = {2: f'Triton kernels for attention and SIGReg{where}', 0: 'SDPA attention, PyTorch SIGReg',
+             1: f"Triton kernel for {''.join(fused)}{where}, PyTorch {''.join({'attention', 'SIGReg'} - fused)}"}[len(fused)]
     return (f"device: {dev}" + (f" x {world} processes" if world > 1 else '') +
             f", {'bf16 autocast' if on_cuda else 'fp32'}, {paths}")
 
@@ -721,16 +754,17 @@ def distribute_and_compile(model, cfg, world, dev):
     return model
 
 def log_record(model, cfg, epoch, loss, logs, grad_norm, schedule):
-    """One log line's numbers: losses and their terms, gradient norm, schedules, SparseJEPA's group sparsity."""
+    """One log line's numbers: losses and their terms, gradient norm, schedules, SparseJEPA's group sparsity.
+    The tensors come to the host in one copy: one synchronisation per log line."""
     lr_now, wd, momentum = schedule
-    rec = {'epoch': round(epoch, 3), 'loss': loss.item(), **{k: float(v.detach()) for k, v in logs.items()},
-           'grad_norm': float(grad_norm), 'lr': lr_now, 'wd': wd}
-    if model.target is not None:
-        rec['momentum'] = momentum
+    terms = {'loss': loss, **logs, 'grad_norm': grad_norm}
     if cfg['method'] == 'sparse':
         W = model.predictor.embed.weight
-        rec['omega'] = group_lasso(W, cfg['num_groups']).item()
-        rec['group_sparsity'] = group_sparsity(W, cfg['num_groups']).item()
+        terms.update(omega=group_lasso(W, cfg['num_groups']), group_sparsity=group_sparsity(W, cfg['num_groups']))
+    values = torch.stack([torch.as_tensor(v).detach().float() for v in terms.values()]).tolist()
+    rec = {'epoch': round(epoch, 3), **dict(zip(terms, values)), 'lr': lr_now, 'wd': wd}
+    if model.target is not None:
+        rec['momentum'] = momentum
     return rec
 
 # ----------------------------------------------------------------------------- summary
@@ -1079,9 +1113,11 @@ class NonFiniteGuard:
         self.names = list(terms)
 
     def check(self, step, run_dir):
-        first = int(self.first_step)
+        if self.bad is None:
+            return
+        first, *bad = torch.cat([self.first_step.view(1), self.bad.long()]).tolist()  # one device-to-host copy
         if first:
-            terms = [n for n, b in zip(self.names, self.bad.tolist()) if b]
+            terms = [n for n, b in zip(self.names, bad) if b]
             raise UserError(f"non-finite {', '.join(terms)} at step {first}: stopped before step {step} was saved; "
                             f"the last good checkpoint in {run_dir} is kept. Try a lower --lr or --triton_kernels=False")
 

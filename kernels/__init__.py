@@ -32,24 +32,44 @@ def sincos(x):
 failed = {}  # kernel family ('attention', 'sigreg') -> the error that switched it off for the rest of the run
 
 
+def has_failed(family):
+    return family in failed
+
+
+def fail(family, where, error):
+    """Switch a kernel family off for the rest of the run, with one warning line naming where and why."""
+    failed[family] = error
+    msg = str(error).strip().splitlines()
+    print(f"warning: Triton {family} kernel failed ({where}): {type(error).__name__}: {msg[-1] if msg else ''}; "
+          f"using the PyTorch path for the rest of the run", file=sys.stderr, flush=True)
+
+
 def run_or_fall_back(family, config, kernel_call, fallback_call):
-    """kernel_call() unless this family has failed before; on a Triton compile or out-of-resources error, one
-    warning line naming config() (a callable: nothing is formatted on the hot path), and fallback_call() (the
-    PyTorch path) for this call and every later one."""
+    """kernel_call() unless this family has failed before; on a Triton compile or out-of-resources error (the
+    self-test has already caught anything broader) one warning naming config() (a callable: nothing is
+    formatted on the hot path), and fallback_call() (the PyTorch path) for this call and every later one."""
     if family not in failed:
         try:
             return kernel_call()
         except TritonError as e:
-            failed[family] = e
-            msg = str(e).strip().splitlines()
-            print(f"warning: Triton {family} kernel failed ({config()}): {type(e).__name__}: {msg[-1] if msg else ''}; "
-                  f"using the PyTorch path for the rest of the run", file=sys.stderr, flush=True)
+            fail(family, config(), e)
     return fallback_call()
 
 
-def vjp(fn, inputs, grad_out):
-    """Gradients of fn at inputs for the output gradient grad_out, by PyTorch autograd: a backward kernel's
-    fallback recomputes the forward in PyTorch and differentiates it."""
-    with torch.enable_grad():
-        xs = [x.detach().requires_grad_() for x in inputs]
-        return torch.autograd.grad(fn(*xs), xs, grad_out)
+def self_test(device, dtype):
+    """Before training: a tiny forward and backward through each kernel family on the run's device (attention in
+    the run's compute dtype, SIGReg in fp32), compared with the PyTorch reference, then a synchronisation so
+    that an asynchronous launch error surfaces here. Any exception (no C compiler to build Triton's launcher,
+    no libcuda, a CUDA launch error, a compile error) or a mismatch switches that family off with one warning.
+    -> {family: None, or the error}."""
+    from kernels import attention, sigreg
+    for family, test in (('attention', lambda: attention.self_test(device, dtype)), ('sigreg', lambda: sigreg.self_test(device))):
+        if family in failed:
+            continue
+        try:
+            test()
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+        except Exception as e:  # noqa: BLE001  anything at all: the run goes on without this family
+            fail(family, f"self-test on {device}", e)
+    return {family: failed.get(family) for family in ('attention', 'sigreg')}

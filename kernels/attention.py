@@ -27,26 +27,28 @@ Runs compiled on CUDA and, unchanged, in Triton's interpreter on CPU tensors (TR
 `python -c "import kernels.attention as k; k.bench()"` (make bench) times it on a GPU.
 """
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels import run_or_fall_back, sincos, vjp, INTERPRET
+from kernels import has_failed, run_or_fall_back, sincos, INTERPRET
 
 # ----------------------------------------------------------------------------- reference
 
 
-def rope_reference(x, pos, theta=100.0):
-    """2-D axial RoPE, written pair by pair. x (B, H, N, d), pos (B, N, 2) or (N, 2) -> same shape as x."""
+def rope_reference(x, pos, theta=100.0, sign=1):
+    """2-D axial RoPE, written pair by pair. x (B, H, N, d), pos (B, N, 2) or (N, 2) -> same shape as x.
+    sign=-1 rotates back (the inverse, and the transpose, of the rotation)."""
     d = x.shape[-1]
     w = theta ** (-4 * torch.arange(d // 4, dtype=torch.float64, device=x.device) / d)  # (d/4,)
     pos = pos.to(torch.float64)
     phi = torch.cat([pos[..., :1] * w, pos[..., 1:] * w], -1)  # (..., N, d/2)
     if phi.dim() == 3:
         phi = phi.unsqueeze(1)  # (B, 1, N, d/2)
-    cos, sin = phi.cos().to(x.dtype), phi.sin().to(x.dtype)
+    cos, sin = phi.cos().to(x.dtype), sign * phi.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
 
@@ -65,6 +67,27 @@ def attention_reference(q, k, v, pos=None, theta=100.0, seg=None):
     if seg is not None:
         s = s.masked_fill(~visible_reference(seg), -math.inf)
     return s.softmax(-1) @ v
+
+
+def attention_backward_reference(q, k, v, pos, theta, seg, do):
+    """dq, dk, dv of attention_reference for the output gradient do, written out (FlashAttention-2's equations)
+    instead of by autograd, which does not record inside a custom operator: the backward kernels' fallback.
+    Computed in fp32 (fp64 for fp64 input), returned in q's dtype."""
+    dtype, dt = q.dtype, torch.promote_types(q.dtype, torch.float32)
+    q, k, v, do = q.to(dt), k.to(dt), v.to(dt), do.to(dt)
+    scale = 1 / math.sqrt(q.shape[-1])
+    qr, kr = (q, k) if pos is None else (rope_reference(q, pos, theta), rope_reference(k, pos, theta))
+    s = qr @ kr.transpose(-1, -2) * scale  # (B, H, N, N)
+    if seg is not None:
+        s = s.masked_fill(~visible_reference(seg), -math.inf)
+    p = s.softmax(-1)
+    dv = p.transpose(-1, -2) @ do
+    dp = do @ v.transpose(-1, -2)  # (B, H, N, N)
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True)) * scale  # through the softmax and the scale
+    dq, dk = ds @ kr, ds.transpose(-1, -2) @ qr  # in the rotated basis
+    if pos is not None:
+        dq, dk = rope_reference(dq, pos, theta, sign=-1), rope_reference(dk, pos, theta, sign=-1)
+    return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -110,7 +133,7 @@ def _seen(S, offs_m, offs_n, N, HAS_SEG: tl.constexpr):
 def _attn_fwd(Q, K, V, P, S, O, LSE, N, H, sq_b, sq_h, sq_n, so_b, so_h, so_n, sp_b, sp_n, qk_scale, log2_theta,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_POS: tl.constexpr,
               HAS_SEG: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    bh, pid_m = tl.program_id(0), tl.program_id(1)  # B*H on axis 0: axes 1 and 2 stop at 65,535 programs
     b, h = bh // H, bh % H
     Q, K, V, P = Q + b * sq_b + h * sq_h, K + b * sq_b + h * sq_h, V + b * sq_b + h * sq_h, P + b * sp_b
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -143,7 +166,7 @@ def _attn_bwd_dkdv(Q, K, V, P, S, DO, LSE, DELTA, DK, DV, N, H, sq_b, sq_h, sq_n
                    log2_theta, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    HAS_POS: tl.constexpr, HAS_SEG: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """One program per key block: dv = P^T dO, dk = dS^T q * scale, over every query block."""
-    pid_n, bh = tl.program_id(0), tl.program_id(1)
+    bh, pid_n = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     off = b * sq_b + h * sq_h
     Q, K, V, DO, P = Q + off, K + off, V + off, DO + off, P + b * sp_b
@@ -179,7 +202,7 @@ def _attn_bwd_dq(Q, K, V, P, S, DO, LSE, DELTA, DQ, N, H, sq_b, sq_h, sq_n, sp_b
                  log2_theta, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HAS_POS: tl.constexpr, HAS_SEG: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
     """One program per query block: dq = dS k * scale, over every key block."""
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    bh, pid_m = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     off = b * sq_b + h * sq_h
     Q, K, V, DO, P = Q + off, K + off, V + off, DO + off, P + b * sp_b
@@ -206,7 +229,7 @@ def _attn_bwd_dq(Q, K, V, P, S, DO, LSE, DELTA, DQ, N, H, sq_b, sq_h, sq_n, sp_b
         dq = _rope(dq, P, offs_m, mask_m, sp_n, log2_theta, D, -1.0)
     tl.store(DQ + off + offs_m[:, None] * sq_n + tl.arange(0, D)[None, :], dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
 
-# ----------------------------------------------------------------------------- autograd
+# ----------------------------------------------------------------------------- custom operators
 
 LOG2E = 1.4426950408889634
 
@@ -245,64 +268,110 @@ def _dot_args(dtype):
     return dict(DOT={torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype], PREC='tf32')
 
 
-def _positions(pos, B, N, device):
-    """pos (B, N, 2) or (N, 2) -> int32 tensor and its (batch, token) strides; batch stride 0 when shared."""
+def _check_positions(pos, B, N):
     if pos.shape[-2:] != (N, 2) or pos.dim() not in (2, 3) or (pos.dim() == 3 and pos.shape[0] != B):
         raise ValueError(f"pos must be (B, N, 2) or (N, 2) for q of (B, H, N, d) = ({B}, ., {N}, .); got {tuple(pos.shape)}")
+
+
+def _check_segments(seg, N):
+    if seg.shape != (N,) or seg.dtype.is_floating_point:
+        raise ValueError(f"seg must be (N,) integer segment ids for N = {N}; got {tuple(seg.shape)} {seg.dtype}")
+
+
+def _positions(pos, B, N, device):
+    """pos (B, N, 2) or (N, 2) -> int32 tensor and its (batch, token) strides; batch stride 0 when shared."""
     pos = pos.to(device=device, dtype=torch.int32).contiguous()
     return pos, (pos.stride(0) if pos.dim() == 3 else 0), pos.stride(-2)
 
 
 def _segments(seg, N, device):
     """seg (N,) integer segment ids, shared by every sequence of the batch -> int32 tensor."""
-    if seg.shape != (N,) or seg.dtype.is_floating_point:
-        raise ValueError(f"seg must be (N,) integer segment ids for N = {N}; got {tuple(seg.shape)} {seg.dtype}")
     return seg.to(device=device, dtype=torch.int32).contiguous()
 
 
-class Attention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, pos, theta, fallback, seg):
-        B, H, N, D = q.shape
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        has_pos, has_seg = pos is not None, seg is not None
-        p, sp_b, sp_n = _positions(pos, B, N, q.device) if has_pos else (q.new_zeros(1, dtype=torch.int32), 0, 0)
-        s = _segments(seg, N, q.device) if has_seg else q.new_zeros(1, dtype=torch.int32)
-        o = torch.empty_like(q)
-        lse = torch.empty(B * H, N, device=q.device, dtype=torch.float32)
-        meta = _launch(N, D, q.dtype, backward=False, seg=has_seg)
-        sm_scale = 1 / math.sqrt(D)
-        _attn_fwd[(triton.cdiv(N, meta['BLOCK_M']), B * H)](
-            q, k, v, p, s, o, lse, N, H, q.stride(0), q.stride(1), q.stride(2), o.stride(0), o.stride(1), o.stride(2),
-            sp_b, sp_n, sm_scale * LOG2E, math.log2(theta), D=D, HAS_POS=has_pos, HAS_SEG=has_seg, **meta,
-            **_dot_args(q.dtype))
-        ctx.save_for_backward(q, k, v, p, s, o, lse)
-        ctx.meta = (has_pos, has_seg, sp_b, sp_n, theta)
-        ctx.fallback = fallback
-        return o
+# The kernels enter PyTorch as custom operators (torch.library): torch.compile records one opaque call per
+# forward or backward and takes output shapes from the fake implementations, instead of breaking its graph at
+# Python it cannot trace. Inside them a Triton error switches the family to its PyTorch reference (one warning);
+# which path a run takes is decided before training by kernels.self_test, outside any traced code.
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, p, s, o, lse = ctx.saved_tensors
-        do = do.contiguous()
-        config = lambda: f"backward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}"  # noqa: E731
-        grads = run_or_fall_back('attention', config, lambda: _backward(q, k, v, p, s, o, lse, do, *ctx.meta),
-                                 lambda: vjp(ctx.fallback, (q, k, v), do))
-        return (*grads, None, None, None, None)
+def _forward(q, k, v, pos, seg, theta):
+    """(o, lse) through the forward kernel: lse is the log2-sum-exp2 of each query's scaled scores."""
+    B, H, N, D = q.shape
+    has_pos, has_seg = pos is not None, seg is not None
+    p, sp_b, sp_n = _positions(pos, B, N, q.device) if has_pos else (q.new_zeros(1, dtype=torch.int32), 0, 0)
+    s = _segments(seg, N, q.device) if has_seg else q.new_zeros(1, dtype=torch.int32)
+    o = torch.empty_like(q)
+    lse = torch.empty(B * H, N, device=q.device, dtype=torch.float32)
+    meta = _launch(N, D, q.dtype, backward=False, seg=has_seg)
+    sm_scale = 1 / math.sqrt(D)
+    _attn_fwd[(B * H, triton.cdiv(N, meta['BLOCK_M']))](
+        q, k, v, p, s, o, lse, N, H, q.stride(0), q.stride(1), q.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        sp_b, sp_n, sm_scale * LOG2E, math.log2(theta), D=D, HAS_POS=has_pos, HAS_SEG=has_seg, **meta,
+        **_dot_args(q.dtype))
+    return o, lse
 
 
-def _backward(q, k, v, p, s, o, lse, do, has_pos, has_seg, sp_b, sp_n, theta):
+def _backward(q, k, v, pos, seg, o, lse, do, theta):
     """dq, dk, dv through the two backward kernels."""
     B, H, N, D = q.shape
+    has_pos, has_seg = pos is not None, seg is not None
+    p, sp_b, sp_n = _positions(pos, B, N, q.device) if has_pos else (q.new_zeros(1, dtype=torch.int32), 0, 0)
+    s = _segments(seg, N, q.device) if has_seg else q.new_zeros(1, dtype=torch.int32)
     delta = (do.float() * o.float()).sum(-1).view(B * H, N)  # rowsum(dO * O), FlashAttention-2's D
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     meta = dict(D=D, HAS_POS=has_pos, HAS_SEG=has_seg, **_launch(N, D, q.dtype, backward=True, seg=has_seg),
                 **_dot_args(q.dtype))
     sm_scale = 1 / math.sqrt(D)
     args = (N, H, q.stride(0), q.stride(1), q.stride(2), sp_b, sp_n, sm_scale * LOG2E, sm_scale, math.log2(theta))
-    _attn_bwd_dkdv[(triton.cdiv(N, meta['BLOCK_N']), B * H)](q, k, v, p, s, do, lse, delta, dk, dv, *args, **meta)
-    _attn_bwd_dq[(triton.cdiv(N, meta['BLOCK_M']), B * H)](q, k, v, p, s, do, lse, delta, dq, *args, **meta)
+    _attn_bwd_dkdv[(B * H, triton.cdiv(N, meta['BLOCK_N']))](q, k, v, p, s, do, lse, delta, dk, dv, *args, **meta)
+    _attn_bwd_dq[(B * H, triton.cdiv(N, meta['BLOCK_M']))](q, k, v, p, s, do, lse, delta, dq, *args, **meta)
     return dq, dk, dv
+
+
+@torch.library.custom_op('nano_jepa::attention_fwd', mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: Optional[torch.Tensor],
+                  seg: Optional[torch.Tensor], theta: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    config = lambda: (f"forward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}"  # noqa: E731
+                      + (', RoPE' if pos is not None else '') + (', segments' if seg is not None else ''))
+    # after a failure lse is not needed: the backward falls back too
+    return run_or_fall_back('attention', config, lambda: _forward(q, k, v, pos, seg, theta),
+                            lambda: (attention_sdpa(q, k, v, pos, theta, seg), q.new_zeros(0, dtype=torch.float32)))
+
+
+@attention_fwd.register_fake
+def _(q, k, v, pos, seg, theta):
+    B, H, N, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B * H, N, dtype=torch.float32)
+
+
+@torch.library.custom_op('nano_jepa::attention_bwd', mutates_args=())
+def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: Optional[torch.Tensor],
+                  seg: Optional[torch.Tensor], o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
+                  theta: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    do = do.contiguous()
+    config = lambda: f"backward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}"  # noqa: E731
+    return run_or_fall_back('attention', config, lambda: _backward(q, k, v, pos, seg, o, lse, do, theta),
+                            lambda: attention_backward_reference(q, k, v, pos, theta, seg, do))
+
+
+@attention_bwd.register_fake
+def _(q, k, v, pos, seg, o, lse, do, theta):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, pos, seg, theta = inputs
+    ctx.save_for_backward(q.contiguous(), k.contiguous(), v.contiguous(), pos, seg, *output)
+    ctx.theta = theta
+
+
+def _attention_backward(ctx, do, _dlse):
+    q, k, v, pos, seg, o, lse = ctx.saved_tensors
+    return (*attention_bwd(q, k, v, pos, seg, o, lse, do, ctx.theta), None, None, None)
+
+
+attention_fwd.register_autograd(_attention_backward, setup_context=_setup_context)
 
 
 def attention_sdpa(q, k, v, pos=None, theta=100.0, seg=None):
@@ -317,17 +386,37 @@ def attention(q, k, v, pos=None, theta=100.0, fallback=None, seg=None):
     """softmax(rope(q) rope(k)^T / sqrt(d)) v for q, k, v (B, H, N, d); RoPE only when pos is given.
     pos: LongTensor (B, N, 2) or (N, 2) of (column, row) grid positions. Non-causal; any N; d in 16/32/64/128.
     seg: LongTensor (N,) of segment ids (module docstring), or None: every query sees every key.
-    fallback(q, k, v): the same in PyTorch (default attention_sdpa); if a kernel fails to compile or launch on
-    this GPU, a warning is printed and the fallback computes this call and every later one."""
+    fallback(q, k, v): the same in PyTorch (default attention_sdpa), taken once the kernels have failed (the
+    start-up self-test, or a Triton error in a call, which prints one warning and computes that call in PyTorch)."""
     B, H, N, D = q.shape
     if D not in LAUNCH:
         raise ValueError(f"head dim {D} not supported: use {', '.join(map(str, LAUNCH))}")
-    fallback = fallback or (lambda q, k, v: attention_sdpa(q, k, v, pos, theta, seg))
-    def config():
-        return (f"forward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}, {'RoPE' if pos is not None else 'no RoPE'}"
-                + (', segments' if seg is not None else ''))
-    return run_or_fall_back('attention', config, lambda: Attention.apply(q, k, v, pos, theta, fallback, seg),
-                            lambda: fallback(q, k, v))
+    if has_failed('attention'):
+        return (fallback or (lambda q, k, v: attention_sdpa(q, k, v, pos, theta, seg)))(q, k, v)
+    if pos is not None:
+        _check_positions(pos, B, N)
+    if seg is not None:
+        _check_segments(seg, N)
+    return attention_fwd(q, k, v, pos, seg, float(theta))[0]
+
+
+def self_test(device, dtype):
+    """A tiny forward and backward (B, H, N, d) = (2, 2, 21, 16) through the kernels, with RoPE positions and
+    segments, against the PyTorch reference in fp64; raises on any error or a mismatch."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(2, 2, 21, 16, generator=g) for _ in range(4))
+    idx = torch.arange(21)
+    pos, seg = torch.stack([idx % 5, idx // 5], -1), (idx >= 9) * (1 + idx % 2)  # a context and two blocks
+    x = [t.to(device, dtype, copy=True) for t in (q, k, v)]
+    out, lse = attention_fwd(*x, pos.to(device), seg.to(device), 100.0)
+    grads = attention_bwd(*x, pos.to(device), seg.to(device), out, lse, do.to(device, dtype), 100.0)
+    ref = [t.to(dtype).double().requires_grad_() for t in (q, k, v)]  # the same rounded inputs, in fp64
+    expected = attention_reference(*ref, pos, seg=seg)
+    expected.backward(do.to(dtype).double())
+    for name, a, b in zip(('out', 'dq', 'dk', 'dv'), (out, *grads), (expected, *(t.grad for t in ref))):
+        err = ((a.detach().double().cpu() - b).norm() / b.norm()).item()
+        if not err < (1e-3 if dtype == torch.float32 else 3e-2):  # a NaN fails too
+            raise AssertionError(f"{name} differs from the reference by {err:.2g} (relative)")
 
 # ----------------------------------------------------------------------------- benchmark
 

@@ -17,11 +17,13 @@ the sums can be all-reduced across ranks in between (jepa.epps_pulley does that)
 Runs compiled on CUDA and, unchanged, in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1), which is
 how CI tests it. `python -c "import kernels.sigreg as k; k.bench()"` (make bench) times it on a GPU.
 """
+from typing import Tuple
+
 import torch
 import triton
 import triton.language as tl
 
-from kernels import run_or_fall_back, sincos, vjp
+from kernels import has_failed, run_or_fall_back, sincos
 
 # ----------------------------------------------------------------------------- reference
 
@@ -40,6 +42,13 @@ def cf_sums_reference(y, t):
     """The specification: materialises (N, M, T). y (N, M), t (T,) -> cos_sum, sin_sum (M, T)."""
     ty = y.unsqueeze(-1) * t  # (N, M, T)
     return ty.cos().sum(0), ty.sin().sum(0)
+
+
+def cf_sums_backward_reference(y, t, g_cos, g_sin):
+    """dy for the output gradients g_cos, g_sin (M, T), written out (autograd does not record inside a custom
+    operator): the backward kernel's fallback. Materialises (N, M, T); fp32, returned in y's dtype."""
+    ty = y.float().unsqueeze(-1) * t  # (N, M, T)
+    return ((ty.cos() * g_sin - ty.sin() * g_cos) * t).sum(-1).to(y.dtype)
 
 
 def epps_pulley_reference(y, num_knots=17):
@@ -97,7 +106,7 @@ def _cf_sums_bwd(Y, GC, GS, DY, N, M, stride_n, dt,
         c, s = c * c1 - s * s1, s * c1 + c * s1
     tl.store(DY + offs_n[:, None] * stride_n + offs_m[None, :], dy, mask=mask)
 
-# ----------------------------------------------------------------------------- autograd
+# ----------------------------------------------------------------------------- custom operators (attention.py says why)
 
 
 # Rows and slices per program (4 warps). 16 slices keep both kernels spill-free for fp32 and bf16 on sm_80 and
@@ -112,64 +121,100 @@ def _num_splits(N, M, device):
     return max(1, min(triton.cdiv(N, 4 * BLOCK_N), triton.cdiv(4 * sms, blocks_m)))
 
 
-def _check_knots(t):
-    T = t.numel()
-    dt = float(t[1] - t[0]) if T > 1 else 0.0
-    if T > 1 and not torch.allclose(t, torch.arange(T, dtype=t.dtype, device=t.device) * dt, atol=1e-6, rtol=1e-5):
-        raise ValueError("cf_sums needs evenly spaced knots t_k = k*dt starting at 0")
-    return T, dt
+@torch.library.custom_op('nano_jepa::cf_sums_fwd', mutates_args=())
+def cf_sums_fwd(y: torch.Tensor, num_knots: int, dt: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    y = y.contiguous()
+    config = lambda: f"forward, {y.dtype}, (N, M) = {tuple(y.shape)}"  # noqa: E731
+    return run_or_fall_back('sigreg', config, lambda: _forward(y, num_knots, dt),
+                            lambda: cf_sums_reference(y.float(), _knots_at(num_knots, dt, y.device)))
 
 
-class CFSums(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, t, fallback):
-        y = y.contiguous()
-        N, M = y.shape
-        T, dt = _check_knots(t)
-        splits = _num_splits(N, M, y.device)
-        part_c = torch.empty(splits, M, T, device=y.device, dtype=torch.float32)
-        part_s = torch.empty_like(part_c)
-        rows = triton.cdiv(N, splits)
-        grid = (triton.cdiv(M, BLOCK_M), splits)
-        _cf_sums_fwd[grid](y, part_c, part_s, N, M, y.stride(0), rows, dt,
-                           T=T, T_PAD=triton.next_power_of_2(T), BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M)
-        ctx.save_for_backward(y, t)
-        ctx.T, ctx.dt, ctx.fallback = T, dt, fallback
-        return part_c.sum(0), part_s.sum(0)  # fixed-order reduction of the partial sums: deterministic
-
-    @staticmethod
-    def backward(ctx, g_cos, g_sin):
-        y, t = ctx.saved_tensors
-        config = lambda: f"backward, {y.dtype}, (N, M) = {tuple(y.shape)}"  # noqa: E731
-        dy = run_or_fall_back('sigreg', config, lambda: _backward(y, g_cos, g_sin, ctx.T, ctx.dt),
-                              lambda: vjp(lambda y: ctx.fallback(y, t), (y,), (g_cos, g_sin))[0])
-        return dy, None, None
+@cf_sums_fwd.register_fake
+def _(y, num_knots, dt):
+    return y.new_empty(y.shape[1], num_knots, dtype=torch.float32), y.new_empty(y.shape[1], num_knots, dtype=torch.float32)
 
 
-def _backward(y, g_cos, g_sin, T, dt):
+@torch.library.custom_op('nano_jepa::cf_sums_bwd', mutates_args=())
+def cf_sums_bwd(y: torch.Tensor, g_cos: torch.Tensor, g_sin: torch.Tensor, dt: float) -> torch.Tensor:
+    config = lambda: f"backward, {y.dtype}, (N, M) = {tuple(y.shape)}"  # noqa: E731
+    return run_or_fall_back('sigreg', config, lambda: _backward(y, g_cos, g_sin, dt),
+                            lambda: cf_sums_backward_reference(y, _knots_at(g_cos.shape[1], dt, y.device), g_cos, g_sin))
+
+
+@cf_sums_bwd.register_fake
+def _(y, g_cos, g_sin, dt):
+    return torch.empty_like(y)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0].contiguous())
+    ctx.dt = inputs[2]
+
+
+def _cf_sums_backward(ctx, g_cos, g_sin):
+    y, = ctx.saved_tensors
+    return cf_sums_bwd(y, g_cos.float().contiguous(), g_sin.float().contiguous(), ctx.dt), None, None
+
+
+cf_sums_fwd.register_autograd(_cf_sums_backward, setup_context=_setup_context)
+
+
+def _knots_at(num_knots, dt, device):
+    return torch.arange(num_knots, dtype=torch.float32, device=device) * dt
+
+
+def _forward(y, T, dt):
+    N, M = y.shape
+    splits = _num_splits(N, M, y.device)
+    part_c = torch.empty(splits, M, T, device=y.device, dtype=torch.float32)
+    part_s = torch.empty_like(part_c)
+    rows = triton.cdiv(N, splits)
+    _cf_sums_fwd[(triton.cdiv(M, BLOCK_M), splits)](y, part_c, part_s, N, M, y.stride(0), rows, dt, T=T,
+                                                      T_PAD=triton.next_power_of_2(T), BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M)
+    return part_c.sum(0), part_s.sum(0)  # fixed-order reduction of the partial sums: deterministic
+
+
+def _backward(y, g_cos, g_sin, dt):
     N, M = y.shape
     dy = torch.empty(N, M, device=y.device, dtype=torch.float32)
-    grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(M, BLOCK_M))
-    _cf_sums_bwd[grid](y, g_cos.float().contiguous(), g_sin.float().contiguous(), dy, N, M, y.stride(0), dt,
-                       T=T, BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M)
+    grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(M, BLOCK_M))  # batch blocks on axis 0: no 65,535 limit there
+    _cf_sums_bwd[grid](y, g_cos, g_sin, dy, N, M, y.stride(0), dt, T=g_cos.shape[1], BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M)
     return dy.to(y.dtype)
 
 
-def cf_sums(y, t, fallback=cf_sums_reference):
-    """Sums over the batch of cos(t_k y) and sin(t_k y): y (N, M) any float dtype, t (T,) evenly spaced from 0
-    -> (M, T) fp32 each; differentiable in y. Partial sums of row shards add up to the full-batch sums.
-    fallback(y, t): the same in PyTorch; if a kernel fails to compile or launch on this GPU, a warning is printed
-    and the fallback computes this call and every later one."""
-    config = lambda: f"forward, {y.dtype}, (N, M) = {tuple(y.shape)}"  # noqa: E731
-    return run_or_fall_back('sigreg', config, lambda: CFSums.apply(y, t, fallback), lambda: fallback(y, t))
+def cf_sums(y, num_knots=17, dt=3 / 16, fallback=None):
+    """Sums over the batch of cos(t_k y) and sin(t_k y) at the knots t_k = k*dt, k < num_knots: y (N, M) any
+    float dtype -> (M, num_knots) fp32 each; differentiable in y. Partial sums of row shards add up to the
+    full-batch sums. fallback(y): the same in PyTorch (default cf_sums_reference), taken once the kernels have
+    failed (the start-up self-test, or a Triton error in a call, which prints one warning and computes that call
+    in PyTorch)."""
+    if has_failed('sigreg'):
+        return fallback(y) if fallback else cf_sums_reference(y.float(), _knots_at(num_knots, dt, y.device))
+    return cf_sums_fwd(y, int(num_knots), float(dt))
 
 
 def epps_pulley(y, num_knots=17):
     """Per-slice Epps-Pulley statistic, y (N, M) -> (M,) fp32, through the fused kernels."""
     t, phi, w = knots(num_knots, torch.float32, y.device)
-    cos_sum, sin_sum = cf_sums(y, t)
+    cos_sum, sin_sum = cf_sums(y, num_knots, 3 / (num_knots - 1))
     n = y.shape[0]
     return n * (((cos_sum / n - phi) ** 2 + (sin_sum / n) ** 2) @ w)
+
+
+def self_test(device):
+    """A tiny statistic and its gradient, (N, M) = (300, 20) in fp32, through the kernels against the PyTorch
+    reference in fp64; raises on any error or a mismatch."""
+    y = torch.randn(300, 20, generator=torch.Generator().manual_seed(0))
+    y_dev = y.to(device, copy=True)
+    cos_sum, sin_sum = cf_sums_fwd(y_dev, 17, 3 / 16)
+    dy = cf_sums_bwd(y_dev, torch.ones_like(cos_sum), torch.ones_like(sin_sum), 3 / 16)
+    y_ref = y.double().requires_grad_()
+    expected = cf_sums_reference(y_ref, knots(17, torch.float64)[0])
+    sum(e.sum() for e in expected).backward()
+    for name, a, b in zip(('cos sums', 'sin sums', 'gradient'), (cos_sum, sin_sum, dy), (*expected, y_ref.grad)):
+        err = ((a.detach().double().cpu() - b.detach()).norm() / b.detach().norm()).item()
+        if not err < 1e-4:  # a NaN fails too
+            raise AssertionError(f"{name} differ from the reference by {err:.2g} (relative)")
 
 # ----------------------------------------------------------------------------- benchmark
 

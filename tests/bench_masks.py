@@ -8,6 +8,7 @@ The official collator is imported from a checkout you provide; nothing of it is 
 default min_keep=10 never terminates on an 8x8 grid (the context rarely keeps 10 patches), so it runs with 4.
 """
 import os
+import random
 import sys
 import time
 
@@ -28,12 +29,12 @@ def timeit(fn, reps):
 def main():
     B, H, W = 256, 8, 8
     g = torch.Generator().manual_seed(0)
-    ours = timeit(lambda: jepa.multiblock_masks(B, H, W, generator=g), 200)
+    ours = timeit(lambda: jepa.multiblock_masks(B, H, W, rng=random.Random(0), generator=g), 200)
     print(f"multiblock_masks (vectorised, CPU): {ours * 1e3:8.3f} ms per batch of {B} on {H}x{W}")
     if torch.cuda.is_available():
         gc = torch.Generator(device='cuda').manual_seed(0)
         def on_gpu():
-            jepa.multiblock_masks(B, H, W, generator=gc, device='cuda')
+            jepa.multiblock_masks(B, H, W, rng=random.Random(0), generator=gc, device='cuda')
             torch.cuda.synchronize()
         print(f"multiblock_masks (vectorised, CUDA): {timeit(on_gpu, 200) * 1e3:8.3f} ms")
     path = next((a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--ijepa=')), None)

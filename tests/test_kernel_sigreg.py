@@ -44,7 +44,7 @@ def test_statistic_and_gradient_match_float64_reference(n, m, dtype, scale, seed
 def test_cf_sums_equal_reference_sums(n, m, seed):
     y = torch.randn(n, m, generator=torch.Generator().manual_seed(seed)) * 2
     t, _, _ = K.knots()
-    c, s = K.cf_sums(y.to(DEV), t.to(DEV))
+    c, s = K.cf_sums(y.to(DEV))  # 17 knots, dt = 3/16: knots()
     c_ref, s_ref = K.cf_sums_reference(y.double(), t.double())
     torch.testing.assert_close(c.cpu().double(), c_ref, rtol=1e-5, atol=1e-4 * n ** 0.5)
     torch.testing.assert_close(s.cpu().double(), s_ref, rtol=1e-5, atol=1e-4 * n ** 0.5)
@@ -55,7 +55,7 @@ def test_cf_sums_equal_reference_sums(n, m, seed):
 def test_two_shards_partial_sums_combine_to_the_full_batch(shard, m, seed):
     y = torch.randn(2 * shard, m, generator=torch.Generator().manual_seed(seed)).to(DEV)
     t, phi, w = K.knots(device=DEV)
-    (c1, s1), (c2, s2) = K.cf_sums(y[:shard], t), K.cf_sums(y[shard:], t)
+    (c1, s1), (c2, s2) = K.cf_sums(y[:shard]), K.cf_sums(y[shard:])
     n = y.shape[0]
     combined = n * ((((c1 + c2) / n - phi) ** 2 + ((s1 + s2) / n) ** 2) @ w)
     torch.testing.assert_close(combined, K.epps_pulley(y), rtol=1e-5, atol=1e-5)
@@ -71,6 +71,10 @@ def test_reference_in_kernels_matches_jepa_definition():
     torch.testing.assert_close(K.epps_pulley_reference(y), jepa.epps_pulley(y))
 
 
-def test_uneven_knots_are_rejected():
-    with pytest.raises(ValueError, match='evenly spaced'):
-        K.cf_sums(torch.randn(4, 2, device=DEV), torch.tensor([0.0, 0.1, 0.5], device=DEV))
+def test_other_knot_counts_and_spacings():
+    """The knots are t_k = k*dt for any count and spacing (the kernel rotates by dt from knot to knot)."""
+    y = torch.randn(90, 5, generator=torch.Generator().manual_seed(3))
+    c, s = K.cf_sums(y.to(DEV), 9, 0.5)
+    c_ref, s_ref = K.cf_sums_reference(y.double(), torch.arange(9, dtype=torch.float64) * 0.5)
+    torch.testing.assert_close(c.cpu().double(), c_ref, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(s.cpu().double(), s_ref, rtol=1e-5, atol=1e-3)
