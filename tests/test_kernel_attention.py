@@ -115,3 +115,37 @@ def test_bad_shapes_are_rejected():
         K.attention(q, q, q, torch.zeros(5, 2, dtype=torch.long, device=DEV))
     with pytest.raises(ValueError, match='seg must be'):
         K.attention(q, q, q, seg=torch.zeros(5, dtype=torch.long, device=DEV))
+
+
+def test_launch_grids_keep_batch_times_heads_on_axis_0(monkeypatch):
+    """CUDA caps grid axes 1 and 2 at 65,535 programs; B*H = 100,000 sequences (LeJEPA at batch 8,192 with two
+    views and 4 heads on 32-px images is more) must sit on axis 0, in the forward and both backward launches."""
+    grids = {}
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            grids[self.name] = grid
+            return lambda *args, **meta: None  # record, do not run: 100,000 sequences in the interpreter is slow
+    for name in ('_attn_fwd', '_attn_bwd_dkdv', '_attn_bwd_dq'):
+        monkeypatch.setattr(K, name, Recorder(name))
+    B, H, N, d = 50_000, 2, 3, 16
+    q, k, v = (torch.zeros(B, H, N, d, device=DEV, requires_grad=True) for _ in range(3))
+    K.attention(q, k, v, torch.zeros(N, 2, dtype=torch.long, device=DEV)).sum().backward()
+    assert set(grids) == {'_attn_fwd', '_attn_bwd_dkdv', '_attn_bwd_dq'}
+    for name, grid in grids.items():
+        assert grid[0] == B * H and all(n <= 65_535 for n in grid[1:]), (name, grid)
+
+
+def test_explicit_backward_reference_matches_autograd():
+    """The backward kernels' fallback (autograd does not record inside a custom operator) against autograd of
+    the forward reference, with RoPE positions and segments, in float64."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(2, 2, 11, 16, generator=g, dtype=torch.float64) for _ in range(4))
+    pos, seg = grid_positions(2, 11, True, 0), predictor_segments(5, 2, 3)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    K.attention_reference(*x, pos, seg=seg).backward(do)
+    for a, b in zip(K.attention_backward_reference(q, k, v, pos, 100.0, seg, do), x):
+        torch.testing.assert_close(a, b.grad, rtol=1e-10, atol=1e-12)

@@ -78,3 +78,14 @@ def test_other_knot_counts_and_spacings():
     c_ref, s_ref = K.cf_sums_reference(y.double(), torch.arange(9, dtype=torch.float64) * 0.5)
     torch.testing.assert_close(c.cpu().double(), c_ref, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(s.cpu().double(), s_ref, rtol=1e-5, atol=1e-3)
+
+
+def test_explicit_backward_reference_matches_autograd():
+    """The backward kernel's fallback (autograd does not record inside a custom operator) against autograd."""
+    g = torch.Generator().manual_seed(0)
+    y, g_cos, g_sin = torch.randn(40, 6, generator=g), torch.randn(6, 17, generator=g), torch.randn(6, 17, generator=g)
+    t = K.knots(17, torch.float64)[0]
+    y64 = y.double().requires_grad_()
+    c, s = K.cf_sums_reference(y64, t)
+    ((c * g_cos.double()).sum() + (s * g_sin.double()).sum()).backward()
+    torch.testing.assert_close(K.cf_sums_backward_reference(y, t.float(), g_cos, g_sin).double(), y64.grad, rtol=1e-4, atol=1e-4)

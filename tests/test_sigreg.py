@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from hypothesis import given, strategies as st
 
@@ -181,3 +182,20 @@ def test_recomputing_backward_peaks_at_a_fifth_of_the_naive_memory():
         peak[form] = int(out.stdout.split()[-1])  # KiB
     print(f"peak extra memory, fwd+bwd: naive {peak['naive'] / 1024:.0f} MiB, recomputing {peak['ours'] / 1024:.0f} MiB")
     assert peak['ours'] * 5 <= peak['naive'], peak
+
+
+@pytest.mark.parametrize('kernels', [False, True])
+def test_sigreg_is_fp32_under_bf16_autocast(kernels):
+    """Autocast would run the projection z @ A and the quadrature (...) @ w, both matmuls, in bf16: sigreg leaves
+    autocast, so its value under autocast is the fp32 value, with the kernels (interpreter) and without."""
+    if kernels:
+        pytest.importorskip('triton')
+    z = torch.randn(64, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    plain = jepa.sigreg(z, step=3, num_slices=16, kernels=kernels)
+    (g_plain,) = torch.autograd.grad(plain, z)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mixed = jepa.sigreg(z, step=3, num_slices=16, kernels=kernels)
+    (g_mixed,) = torch.autograd.grad(mixed, z)  # outside autocast, as the training loop runs its backward
+    assert mixed.dtype == torch.float32 and g_mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, rtol=1e-6, atol=0)
+    torch.testing.assert_close(g_mixed, g_plain, rtol=1e-6, atol=1e-9)

@@ -3,6 +3,7 @@ in conftest.py): every method trains through them and logs the losses of the PyT
 to compile or launch costs one warning line, not the run."""
 import json
 import os
+import subprocess
 from collections import Counter
 
 import pytest
@@ -84,5 +85,45 @@ def test_a_failing_kernel_falls_back_to_pytorch_with_one_warning(tiny_args, tmp_
     assert 'using the PyTorch path for the rest of the run' in warnings[0]
     assert counts[broken] == 1  # tried once; every later call went straight to PyTorch
     assert family in kernels.failed
+    for a, b in zip(plain, fused):
+        assert b['loss'] == pytest.approx(a['loss'], rel=1e-3), (a, b)
+
+
+class WrongResult:
+    """A kernel that runs and then corrupts its output args[out] (as a miscompiled kernel would): only a
+    comparison with the reference sees it."""
+    def __init__(self, fn, name, counts, out):
+        self.fn, self.name, self.counts, self.out = fn, name, counts, out
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.counts[self.name] += 1
+            self.fn[grid](*args, **meta)
+            args[self.out].add_(1.0)
+        return launch
+
+
+@pytest.mark.parametrize('error', [RuntimeError('Failed to find C compiler. Please specify via CC environment variable.'),
+                                   subprocess.CalledProcessError(1, ['gcc', 'cuda_utils.c']),
+                                   AssertionError('libcuda.so cannot found!'), 'wrong result'])
+@pytest.mark.parametrize('family', ['attention', 'sigreg'])
+def test_a_failing_self_test_gives_one_warning_and_a_pytorch_run(tiny_args, tmp_path, counts, monkeypatch, capfd, error, family):
+    """What a real first launch can raise besides Triton's own errors -- no C compiler to build the launcher, the
+    compiler failing, no libcuda -- or a kernel that runs but computes nonsense: the start-up self-test catches
+    it, prints one warning naming the family, and the run trains on the PyTorch path with its losses."""
+    module, name, out = (KA, '_attn_fwd', 5) if family == 'attention' else (KS, '_cf_sums_fwd', 1)  # o, part_c
+    real = getattr(module, name).fn
+    broken = WrongResult(real, name, counts, out) if error == 'wrong result' else Counted(real, name, counts, error)
+    monkeypatch.setattr(module, name, broken)
+    plain = logged(tiny_args, 'ijepa_sigreg', False, tmp_path, 'plain')
+    fused = logged(tiny_args, 'ijepa_sigreg', True, tmp_path, 'fused')
+    err = capfd.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith('warning: Triton')]
+    assert len(warnings) == 1 and f'Triton {family} kernel failed (self-test on cpu)' in warnings[0], err
+    assert ('AssertionError' if error == 'wrong result' else type(error).__name__) in warnings[0]
+    assert counts[name] == 1  # the self-test's launch only: training went straight to PyTorch
+    assert set(kernels.failed) == {family}
+    other = ('_cf_sums_fwd', '_cf_sums_bwd') if family == 'attention' else ('_attn_fwd', '_attn_bwd_dq')
+    assert all(counts[n] > 1 for n in other), counts  # the other family still ran its kernels
     for a, b in zip(plain, fused):
         assert b['loss'] == pytest.approx(a['loss'], rel=1e-3), (a, b)
