@@ -21,6 +21,7 @@ test: install-test
 bench: install  ## IJEPA=path/to/facebookresearch/ijepa puts the official code beside ours
 	$(PYTHON) tests/bench_masks.py $(if $(IJEPA),--ijepa=$(IJEPA))
 	$(PYTHON) tests/bench_ijepa_step.py $(if $(IJEPA),--ijepa=$(IJEPA))
+	$(PYTHON) tests/bench_train_step.py
 	$(PYTHON) -c "import kernels.sigreg as k; k.bench()"
 	$(PYTHON) -c "import kernels.attention as k; k.bench()"
 

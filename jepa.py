@@ -654,6 +654,7 @@ def train(cfg):
                 'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
 
     t_last, seen, order_epoch, last, warm = time.time(), 0, -1, {}, False
+    timed, timed_s = 0, 0.0  # steps of this process on the clock, and their seconds: the speed in the summary
     while (progress() < 1) if budget else (step < total):
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # a fresh permutation per epoch, seeded by it: resumable
@@ -681,11 +682,11 @@ def train(cfg):
             ema_update(model.target, model.encoder, momentum)
         step, seen = step + 1, seen + B
         if warm:
-            elapsed += time.time() - t0
+            elapsed, timed, timed_s = elapsed + time.time() - t0, timed + 1, timed_s + time.time() - t0
         else:  # the first step compiles (Triton kernels, torch.compile): off the budget clock and the speed
             if dev.startswith('cuda'):
                 torch.cuda.synchronize(dev)
-            say(f"warm-up: the first step took {time.time() - t0:.1f} s (compiling), not counted in the budget")
+            say(f"warm-up: the first step took {time.time() - t0:.1f} s (compiling), off the budget clock")
             t_last, seen, warm = time.time(), 0, True
         if step % cfg['log_every'] == 0 or step == total:
             guard.check(step, run_dir)
@@ -706,7 +707,7 @@ def train(cfg):
         checkpoint(step / steps_per_epoch)
     if main_rank:
         log_file.close()
-    return model, data, {'train_seconds': elapsed, 'img_per_s': step * B / max(elapsed, 1e-9), 'params_M': params_m,
+    return model, data, {'train_seconds': elapsed, 'img_per_s': timed * B / max(timed_s, 1e-9), 'params_M': params_m,
                          'steps': step, 'run_dir': run_dir, 'final_loss': last.get('loss', float('nan')),
                          'rank': rank}
 
@@ -746,6 +747,10 @@ def distribute_and_compile(model, cfg, world, dev):
     """The module the loop calls: DDP over the processes of a torchrun, and torch.compile of the networks only
     (masks and augmentation stay eager; lengths vary, so dynamic shapes; in place, so state_dict keys stay)."""
     if cfg['compile']:
+        import torch._inductor.config as inductor_config
+        # no channels-last rewrite of the patch-embedding conv: with two view sizes (LeJEPA's global and local
+        # views) inductor kept the first size's channels-last strides as constants and the backward failed
+        inductor_config.layout_optimization = False
         for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
             if net is not None:
                 net.compile(dynamic=True)

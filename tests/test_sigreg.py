@@ -190,10 +190,11 @@ def test_sigreg_is_fp32_under_bf16_autocast(kernels):
     autocast, so its value under autocast is the fp32 value, with the kernels (interpreter) and without."""
     if kernels:
         pytest.importorskip('triton')
-    z = torch.randn(64, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    dev = 'cuda' if kernels and torch.cuda.is_available() else 'cpu'  # the kernels: compiled, or the interpreter
+    z = torch.randn(64, 32, generator=torch.Generator().manual_seed(0)).to(dev).requires_grad_()
     plain = jepa.sigreg(z, step=3, num_slices=16, kernels=kernels)
     (g_plain,) = torch.autograd.grad(plain, z)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast(dev, dtype=torch.bfloat16):
         mixed = jepa.sigreg(z, step=3, num_slices=16, kernels=kernels)
     (g_mixed,) = torch.autograd.grad(mixed, z)  # outside autocast, as the training loop runs its backward
     assert mixed.dtype == torch.float32 and g_mixed.dtype == torch.float32
