@@ -874,6 +874,19 @@ def download(url, path, md5):
         raise UserError(f"{url} downloaded with the wrong md5 (expected {md5}); try again, or pass --data_dir")
     os.replace(tmp, path)
 
+def download_once(url, path, md5):
+    """download() on the first process only; under torchrun the others wait at a barrier for its file."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return download(url, path, md5)
+    try:
+        if dist.get_rank() == 0:
+            download(url, path, md5)
+    finally:  # reached by rank 0 even when its download fails, so no rank waits forever
+        dist.barrier()
+    if not os.path.exists(path):
+        raise UserError(f"the first process could not download {url}: see its error; or pass --data_dir")
+
 def load_cifar(cfg, url=None, md5=None):
     """CIFAR-10/100 in the python format, from --data_dir (tarball or extracted folder) or downloaded
     (url and md5 default to the canonical ones; tests point them at a local server)."""
@@ -882,13 +895,14 @@ def load_cifar(cfg, url=None, md5=None):
     root = cfg['data_dir'] or os.path.expanduser('~/.cache/nano-jepa')
     if os.path.isdir(os.path.join(root, folder)):  # extracted archive inside root
         root = os.path.join(root, folder)
-    elif root.endswith(('.tar.gz', '.tgz', '.tar')):  # an archive given by path
-        if not os.path.isfile(root):
-            raise UserError(f"--data_dir={root} does not exist")
+    elif os.path.isfile(root):  # an archive given by path: FileSource says if it is not one
+        pass
+    elif root.endswith(('.tar.gz', '.tgz', '.tar', '.zip')) or (os.path.exists(root) and not os.path.isdir(root)):
+        raise UserError(f"--data_dir={root} does not exist: pass the CIFAR python-version archive or its folder")
     elif not os.path.exists(os.path.join(root, meta)):  # a cache folder: download the archive into it once
         archive = os.path.join(root, os.path.basename(canon_url))
         if not os.path.exists(archive):
-            download(url or canon_url, archive, md5 or canon_md5)
+            download_once(url or canon_url, archive, md5 or canon_md5)
         root = archive
     src = FileSource(root)
     member = {os.path.basename(n): n for n in src.names}  # the batches sit in a sub-folder of the archive

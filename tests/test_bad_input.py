@@ -68,6 +68,8 @@ def files(tmp_path):
                 info = tarfile.TarInfo('something/else.txt')
                 info.size = 5
                 t.addfile(info, io.BytesIO(b'hello'))
+        elif kind == 'notes.txt':  # an existing file that is no archive at all
+            p.write_text('not an archive')
         elif kind == 'garbage.pt':
             p.write_bytes(os.urandom(5000))
         elif kind == 'text.pt':
@@ -111,6 +113,7 @@ def test_bad_config(argv, match, capsys):
     (['--data=tinyimagenet'], 'needs --data_dir'),
     (['--data=folder', '--data_dir=/nonexistent/folder'], 'does not exist'),
     (['--data=cifar10', '--data_dir=/nonexistent/cifar.tar.gz'], 'does not exist'),
+    (['--data=cifar10', '--data_dir=/nonexistent/cifar.zip'], 'does not exist'),
     (['--batch_size=20000'], 'larger than the training set'),
 ])
 def test_bad_data_arguments(argv, match, capsys, tmp_path):
@@ -127,6 +130,9 @@ def test_bad_data_arguments(argv, match, capsys, tmp_path):
     ('tinyimagenet', 'not_tiny.zip', 'wnids.txt'),
     ('cifar10', 'truncated.tar.gz', 'truncated'),
     ('cifar10', 'wrong.tar.gz', 'no member'),
+    ('cifar10', 'garbage.zip', 'not a readable zip'),
+    ('cifar10', 'not_tiny.zip', 'no member'),
+    ('cifar10', 'notes.txt', 'not a readable zip'),
 ])
 def test_bad_data_files(data, kind, match, files, capsys, tmp_path):
     argv = FAST + [f'--data={data}', f'--data_dir={files(kind)}', f'--out_dir={tmp_path}/r']

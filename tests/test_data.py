@@ -165,3 +165,26 @@ def test_shapes_dataset_is_deterministic_and_balanced():
     # colour alone does not tell the classes apart: mean colour per class is nearly the same
     means = torch.stack([x1[y1 == c].float().mean((0, 2, 3)) for c in range(len(jepa.SHAPES))])
     assert (means.max(0).values - means.min(0).values).max() < 40
+
+
+def test_cifar_is_downloaded_by_the_first_process_only(tmp_path, http_dir, monkeypatch):
+    """Under torchrun every rank reads the same cache folder: rank 0 downloads, the others wait at a barrier and
+    read its file (two ranks writing one .part file used to collide)."""
+    root, base = http_dir
+    write_cifar_tar(root / 'cifar-10-python.tar.gz')
+    good = hashlib.md5((root / 'cifar-10-python.tar.gz').read_bytes()).hexdigest()
+    calls, barriers = [], []
+    real = jepa.download
+    monkeypatch.setattr(jepa, 'download', lambda *a: (calls.append(a), real(*a)))
+    monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.distributed, 'barrier', lambda: barriers.append(1))
+    cache = tmp_path / 'cache'
+    for rank in (1, 0):  # rank 1 first: it must not download; with no file yet it stops with a clear error
+        monkeypatch.setattr(torch.distributed, 'get_rank', lambda rank=rank: rank)
+        cfg = cfg_for(data='cifar10', data_dir=str(cache))
+        if rank == 1:
+            with pytest.raises(jepa.UserError, match='first process could not download'):
+                jepa.load_cifar(cfg, url=f'{base}/cifar-10-python.tar.gz', md5=good)
+        else:
+            assert jepa.load_cifar(cfg, url=f'{base}/cifar-10-python.tar.gz', md5=good)['train_x'].shape[0] == 30
+    assert len(calls) == 1 and len(barriers) == 2
