@@ -433,7 +433,7 @@ def sigreg(z, step, num_slices=num_slices, seed=0, kernels=False):
     directions of the Epps-Pulley statistic. The directions come from a generator seeded by the step, so every
     rank draws the same ones and a resumed run draws them again. In fp32 (fp64 for fp64 z) even under autocast,
     which would run the projection and the quadrature, both matmuls, in bf16."""
-    g = torch.Generator(device=z.device).manual_seed(seed * 1_000_003 + step)
+    g = torch.Generator(device=z.device).manual_seed(stream_seed('sigreg', seed, step))  # its own stream
     dt = torch.promote_types(z.dtype, torch.float32)  # fp32, or fp64 for fp64 embeddings
     with torch.autocast(z.device.type, enabled=False):
         A = F.normalize(torch.randn(z.shape[-1], num_slices, generator=g, device=z.device, dtype=dt), dim=0)  # (D, M)
@@ -602,9 +602,14 @@ def color_jitter(x, g, strength=0.4, p_gray=0.2):
 
 # ----------------------------------------------------------------------------- training loop
 def step_generator(seed, step, dev, rank=0):
-    """All randomness of one step (augmentation, masks, SIGReg noise) comes from a generator seeded by
-    (seed, step, rank): a resumed run replays exactly the steps it would have taken."""
-    return torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step + 1 + rank * 7_777_777)
+    """The step's augmentation and masks come from a generator seeded by (seed, step, rank): a resumed run
+    replays exactly the steps it would have taken."""
+    return torch.Generator(device=dev).manual_seed(stream_seed('step', seed, step, rank))
+
+def stream_seed(*key):
+    """The seed of one random stream, named by a purpose and numbers: distinct keys give unrelated 63-bit seeds
+    (no stream is another one shifted by a step, as seed * c + step would make them)."""
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], 'little') >> 1
 
 def train(cfg):
     """Pre-train one method; returns (model, data, stats). Only rank 0 logs and writes checkpoints."""
@@ -658,7 +663,7 @@ def train(cfg):
     while (progress() < 1) if budget else (step < total):
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # a fresh permutation per epoch, seeded by it: resumable
-            g = torch.Generator(device=dev).manual_seed(cfg['seed'] * 7_919 + epoch)
+            g = torch.Generator(device=dev).manual_seed(stream_seed('order', cfg['seed'], epoch))
             order, order_epoch = torch.randperm(n_train, generator=g, device=dev), epoch
         t0 = time.time()
         p = progress()  # fraction of training done: the schedules and the crop size follow it

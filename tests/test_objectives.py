@@ -160,19 +160,29 @@ def test_predicting_blocks_together_equals_predicting_each_alone(kernels, per_bl
 
 def test_only_per_block_lets_the_context_see_the_mask_tokens():
     """Moving a block's target positions changes the context tokens' states only in the official per-block
-    predictor; with segments, a one-block prediction is the same whatever the context would have seen."""
+    predictor (its context attends to the mask tokens); with segments the context's states stay as they were,
+    and one block's predictions are the same wherever another block is."""
     torch.manual_seed(0)
-    seg, per_block = jepa.Predictor(32, 32, 2, 2), jepa.Predictor(32, 32, 2, 2, per_block=True)  # 2 blocks: the
-    # context's states reach the predictions only through a second block
+    seg, per_block = jepa.Predictor(32, 32, 2, 2), jepa.Predictor(32, 32, 2, 2, per_block=True)
+    for m in seg.modules():  # weights large enough that attention is far from uniform
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.3)
+    torch.nn.init.normal_(seg.mask_token)
     per_block.load_state_dict(seg.state_dict())
-    z, ctx_idx, tgt_idx = torch.randn(2, 5, 32), torch.randint(0, 36, (2, 5)), torch.randint(0, 36, (2, 1, 3))
-    # one block: the sequences are identical, only the context's visibility differs
-    assert not torch.allclose(seg(z, ctx_idx, tgt_idx, 6), per_block(z, ctx_idx, tgt_idx, 6))
-    seg_ctx = seg.blocks[0](seg.embed(z), jepa.grid_pos(ctx_idx, 6))  # the context alone through one block
-    x = torch.cat([seg.embed(z), seg.mask_token.expand(2, 3, -1)], 1)
-    pos = jepa.grid_pos(torch.cat([ctx_idx, tgt_idx.flatten(1)], 1), 6)
-    with_seg = seg.blocks[0](x, pos, torch.tensor([0] * 5 + [1] * 3))[:, :5]
-    torch.testing.assert_close(with_seg, seg_ctx)  # the context's states ignore the mask tokens
+    z, ctx_idx = torch.randn(2, 5, 32), torch.tensor([[0, 1, 2, 6, 7], [3, 4, 5, 9, 10]])
+    tgt, moved = torch.tensor([[[20, 21, 26]]] * 2), torch.tensor([[[28, 29, 35]]] * 2)  # one block, elsewhere
+
+    def context_states(pred, tgt_idx):  # the last block's output at the context tokens
+        out = []
+        handle = pred.blocks[-1].register_forward_hook(lambda m, a, o: out.append(o[:, :5]))
+        pred(z, ctx_idx, tgt_idx, 6)
+        handle.remove()
+        return out[0]
+    torch.testing.assert_close(context_states(seg, moved), context_states(seg, tgt))
+    assert (context_states(per_block, moved) - context_states(per_block, tgt)).abs().max() > 0.1
+    two, two_moved = torch.cat([tgt, tgt + 2], 1), torch.cat([tgt, moved], 1)  # block 2 moves, block 1 stays
+    torch.testing.assert_close(seg(z, ctx_idx, two_moved, 6)[:, 0], seg(z, ctx_idx, two, 6)[:, 0])
+    assert not torch.allclose(seg(z, ctx_idx, tgt, 6), per_block(z, ctx_idx, tgt, 6))  # visibility differs
 
 
 @given(crop_scale=st.floats(0.05, 1.0), seed=st.integers(0, 1000))

@@ -200,3 +200,29 @@ def test_sigreg_is_fp32_under_bf16_autocast(kernels):
     assert mixed.dtype == torch.float32 and g_mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, plain, rtol=1e-6, atol=0)
     torch.testing.assert_close(g_mixed, g_plain, rtol=1e-6, atol=1e-9)
+
+
+def test_sigreg_directions_have_a_stream_of_their_own(monkeypatch):
+    """The directions of step s come from a seed of their own: no step's augmentation and mask generator (any
+    step, rank 0 or 1) starts from it. Seeded `seed * c + step` against `seed * c + step + 1`, step s's
+    directions replayed step s-1's crops and masks."""
+    seeds, real = [], torch.Generator
+
+    class Recording:  # torch.Generator, with the seeds it is given written down
+        def __new__(cls, *args, **kwargs):
+            g = real(*args, **kwargs)
+            return type('G', (), {'manual_seed': lambda self, s: (seeds.append(s), g.manual_seed(s))[1]})()
+    monkeypatch.setattr(torch, 'Generator', Recording)
+    z = torch.randn(16, 8)
+    for seed in (0, 1):
+        sigreg_seeds, step_seeds = set(), set()
+        for step in range(20):
+            seeds.clear()
+            jepa.sigreg(z, step, num_slices=4, seed=seed)
+            sigreg_seeds.update(seeds)
+            for rank in (0, 1):
+                seeds.clear()
+                jepa.step_generator(seed, step, 'cpu', rank)
+                step_seeds.update(seeds)
+        assert len(sigreg_seeds) == 20 and len(step_seeds) == 40
+        assert not sigreg_seeds & step_seeds

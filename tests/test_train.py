@@ -35,10 +35,25 @@ def test_every_method_trains_a_few_steps(tiny_args, method):
     cfg, model, stats = run(tiny_args + [f'--method={method}', '--steps=10'] + extra)
     ls = losses(stats['run_dir'])
     assert all(torch.isfinite(torch.tensor(ls))) and len(ls) == 2
-    if method == 'sparse':  # the prox step produced exact zeros in the group-lasso matrix
+    if method == 'sparse':
         with open(os.path.join(stats['run_dir'], 'log.jsonl')) as f:
             rec = json.loads(f.readlines()[-1])
         assert 'omega' in rec and 'group_sparsity' in rec and 'kl' in rec
+
+
+def test_the_prox_step_zeroes_whole_groups_exactly(tiny_args):
+    """At a lambda large enough, the group-lasso prox step sets whole (group, latent) blocks of the predictor's
+    input projection to exactly 0.0 (every entry, not merely small), the others stay nonzero, and the logged
+    group sparsity is what the weights say."""
+    cfg, model, stats = run(tiny_args + ['--method=sparse', '--steps=10', '--group_lambda=2', '--warmup=0'])
+    W = model.predictor.embed.weight.detach()  # (Dp, D)
+    blocks = W.view(cfg['num_groups'], -1, W.shape[1])  # (G, Dp/G, D)
+    zero = (blocks == 0).all(1)  # (G, D): blocks whose every entry is exactly zero
+    assert 0 < zero.sum() < zero.numel(), zero.sum()
+    assert ((blocks != 0).all(1) | zero).all()  # a block is all zero or has no zero entry: the prox zeroes blocks
+    with open(os.path.join(stats['run_dir'], 'log.jsonl')) as f:
+        rec = json.loads(f.readlines()[-1])
+    assert rec['group_sparsity'] == pytest.approx((~zero).sum(0).float().mean().item())
 
 
 def test_the_predictor_steps_at_pred_lr_times_the_lr(tiny_args):
