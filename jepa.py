@@ -39,24 +39,23 @@ pred_width = 64           # predictor width Dp (the narrow I-JEPA predictor)
 pred_depth = 1            # predictor blocks (1: more steps in a budget, README: How the defaults were chosen)
 pred_heads = 2            # predictor heads; pred_width/pred_heads divisible by 4
 pred_per_block = False    # True: one predictor pass per target block, the context seeing its mask tokens (official)
-num_contexts = 1          # context blocks per image, each with its own targets, one teacher pass (official num_enc_masks)
 # optimisation
 epochs = 8                # passes over the training set
 steps = 0                 # total optimizer steps; overrides epochs when > 0
 budget_minutes = 0.0      # > 0: train for this wall-clock budget; schedules follow the elapsed fraction
 batch_size = 16           # images per optimizer step (small: short CPU budgets need steps; README: Results)
-lr = 0.0                  # peak AdamW lr, reached after warm-up; 0 = 1e-3 * 128 / width (README: Results)
+lr = 1e-3                 # peak AdamW lr, reached after warm-up (unless given: 1e-3 * 128 / width, DERIVED)
 min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
 lowres = 0.75             # crop side in the first lowres_frac of training, a fraction of img_size (ijepa, ijepa_sigreg, sparse)
 lowres_frac = 0.5         # share of training at the lower resolution; 0 = always img_size (README: Results)
-pred_lr = 0.0             # predictor lr / lr (ijepa, ijepa_sigreg, sparse); 0 = 0.3 for ijepa, 1 else (README: Results)
+pred_lr = 0.3             # predictor lr / lr (ijepa, ijepa_sigreg, sparse; unless given: 0.3 for ijepa, 1 else)
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
-ema = 0.0                 # EMA momentum at the start (ijepa, sparse); 0 = 0.99 ** (batch_size / 16) (README: Math)
-ema_end = 0.0             # EMA momentum at the end, reached linearly; 0 = ema (constant); official 0.996 -> 1
+ema = 0.99                # EMA momentum at the start (ijepa, sparse; unless given: 0.99 ** (batch_size / 16))
+ema_end = 0.99            # EMA momentum at the end, reached linearly (unless given: ema); official 0.996 -> 1
 # regularisers
-sigreg_weight = -1.0      # lambda of (1-lambda)*loss + lambda*SIGReg; -1 = 0.1 for lejepa, 0.05 for ijepa_sigreg
+sigreg_weight = 0.05      # lambda of (1-lambda)*loss + lambda*SIGReg (unless given: 0.1 for lejepa, 0.05 else)
 num_slices = 256          # M random directions per SIGReg evaluation
 global_views = 2          # LeJEPA global views (crop scale 0.3-1, full resolution)
 local_views = 2           # LeJEPA local views (crop scale 0.05-0.3, half resolution)
@@ -75,6 +74,16 @@ triton_kernels = True     # fused Triton attention (RoPE inside) and SIGReg kern
 log_every = 25            # steps between log lines
 probe = True              # linear probe of trained and random-init encoders at the end
 # -----------------------------------------------------------------------------
+
+# The defaults that follow from other keys or the method, applied to every key not given on the command line
+# (README: Why these defaults). In order: ema_end follows the ema it sees.
+DERIVED = {
+    'lr': lambda c: 1e-3 * 128 / c['width'],                     # a wider encoder takes smaller Adam steps
+    'pred_lr': lambda c: 0.3 if c['method'] == 'ijepa' else 1.0,  # a slower predictor helps I-JEPA only
+    'ema': lambda c: 0.99 ** (c['batch_size'] / 16),              # the teacher averages ~1,600 images at any batch
+    'ema_end': lambda c: c['ema'],                                # a constant momentum for short runs
+    'sigreg_weight': lambda c: 0.1 if c['method'] == 'lejepa' else 0.05,
+}
 
 CONFIG_KEYS = [k for k, v in list(globals().items())
                if not k.startswith('_') and isinstance(v, (bool, int, float, str)) and k != 'CONFIG_KEYS']
@@ -328,39 +337,35 @@ def prediction_loss(pred, target):
     return F.smooth_l1_loss(pred.float(), target.float(), beta=1.0)
 
 def ijepa_loss(model, img, cfg, g, step, progress=1.0):
-    """I-JEPA (Assran et al. 2023): predict the layer-normed target-encoder features of four blocks from
-    a context block (num_contexts context blocks per image, each with its own targets). Smooth-L1 (beta = 1), as
-    in the official code. ijepa_sigreg: no EMA teacher, no stop-gradient: the encoder itself makes the targets
-    and SIGReg on its pooled output prevents collapse. sparse: optional Gaussian head on the context tokens with
-    a KL term (the group lasso is a prox step)."""
+    """I-JEPA (Assran et al. 2023): from a context block, predict the layer-normed teacher features of four target
+    blocks; smooth-L1 (beta = 1), as in the official code. The teacher is the EMA encoder (ijepa, sparse) or,
+    for ijepa_sigreg, the encoder itself (ijepa_sigreg_terms); sparse may add a Gaussian head (kl_head)."""
     S = crop_size(progress, cfg)  # lower for the first lowres_frac of training
     img = random_resized_crop(normalize(img), S, (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
-    B, gw, nc = img.shape[0], img.shape[-1] // cfg['patch_size'], cfg['num_contexts']
-    teacher = model.target if model.target is not None else model.encoder
-    with torch.no_grad() if model.target is not None else nullcontext():
-        h_full = teacher(img)  # (B, L, D)
-    # nc context masks per image share its teacher pass, the step's costliest forward: B*nc student sequences,
-    # the copies of an image side by side
-    h = F.layer_norm(h_full, h_full.shape[-1:]).repeat_interleave(nc, 0)  # (B*nc, L, D), no affine parameters
-    img = img.repeat_interleave(nc, 0)  # (B*nc, 3, S, S)
-    ctx_idx, tgt_idx = multiblock_masks(B * nc, gw, gw, rng=random.Random(g.initial_seed()), generator=g,
-                                        device=img.device)  # (B*nc, Nc), (B*nc, 4, Nt)
+    B, gw = img.shape[0], S // cfg['patch_size']
+    ema_teacher = model.target is not None
+    with torch.no_grad() if ema_teacher else nullcontext():
+        h_full = (model.target if ema_teacher else model.encoder)(img)  # (B, L, D)
+    ctx_idx, tgt_idx = multiblock_masks(B, gw, gw, rng=random.Random(g.initial_seed()), generator=g,
+                                        device=img.device)  # (B, Nc), (B, 4, Nt)
+    h = F.layer_norm(h_full, h_full.shape[-1:])  # (B, L, D), no affine parameters
     h = h.gather(1, tgt_idx.flatten(1).unsqueeze(-1).expand(-1, -1, h.shape[-1])).view(*tgt_idx.shape, -1)
-    z = model.encoder(img, ctx_idx)  # (B*nc, Nc, D)
-    logs, kl = {}, 0.0
+    z = model.encoder(img, ctx_idx)  # (B, Nc, D)
+    logs = {}
     if hasattr(model, 'logvar'):
-        logvar = model.logvar(z)
-        kl = 0.5 * (z.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).sum(-1).mean()
-        z = z + (0.5 * logvar).exp() * torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype)
-        logs['kl'] = kl
-    pred = model.predictor(z, ctx_idx, tgt_idx, gw)  # (B*nc, 4, Nt, D)
-    loss = prediction_loss(pred, h)
-    logs['pred'] = loss
+        z, logs['kl'] = kl_head(model, z, g)
+    logs['pred'] = loss = prediction_loss(model.predictor(z, ctx_idx, tgt_idx, gw), h)  # predictions (B, 4, Nt, D)
     if cfg['method'] == 'ijepa_sigreg':
-        lam = cfg['sigreg_weight']
-        logs['sigreg'] = reg = sigreg(h_full.mean(1), step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])
-        loss = (1 - lam) * loss + lam * reg
-    return loss + cfg['kl_beta'] * kl, logs
+        logs['sigreg'] = sigreg(h_full.mean(1), step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])
+        loss = (1 - cfg['sigreg_weight']) * loss + cfg['sigreg_weight'] * logs['sigreg']
+    return loss + cfg['kl_beta'] * logs.get('kl', 0.0), logs
+
+def kl_head(model, z, g):
+    """sparse with --kl_beta > 0: the context tokens become the means of a Gaussian whose log-variance a linear
+    head predicts; a sample goes on, and the KL to N(0, I) is returned. z (B, Nc, D) -> (sample, kl)."""
+    logvar = model.logvar(z).float()
+    kl = 0.5 * (z.float() ** 2 + logvar.exp() - 1 - logvar).sum(-1).mean()
+    return z + (0.5 * logvar).exp().to(z.dtype) * torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype), kl
 
 
 # SIGReg (LeJEPA, Balestriero & LeCun 2025): the sliced Epps-Pulley test that the embeddings are an
@@ -716,77 +721,15 @@ def train(cfg):
                          'steps': step, 'run_dir': run_dir, 'final_loss': last.get('loss', float('nan')),
                          'rank': rank}
 
-def device_line(cfg, dev, world):
-    """What trains where: device, processes, precision, and which attention / SIGReg path is used (after the
-    kernels' self-test)."""
-    on_cuda = dev.startswith('cuda')
-    fused = set()
-    if cfg['triton_kernels'] and kernels_available(dev):
-        import kernels
-        fused = {'attention', 'SIGReg'} - {f.replace('sigreg', 'SIGReg') for f in kernels.failed}
-    where = '' if on_cuda else " (Triton's interpreter)"
-    paths = {2: f'Triton kernels for attention and SIGReg{where}', 0: 'SDPA attention, PyTorch SIGReg',
-             1: f"Triton kernel for {''.join(fused)}{where}, PyTorch {''.join({'attention', 'SIGReg'} - fused)}"}[len(fused)]
-    return (f"device: {dev}" + (f" x {world} processes" if world > 1 else '') +
-            f", {'bf16 autocast' if on_cuda else 'fp32'}, {paths}")
-
-def resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say):
-    """Load the newest checkpoint of run_dir into model and opt -> (step, elapsed seconds)."""
-    ckpts = list_checkpoints(run_dir)
-    if not ckpts:
-        raise UserError(f"--resume=True but {run_dir} has no checkpoint: drop --resume or point --out_dir at a run")
-    ck = load_checkpoint(ckpts[-1])
-    check_compatible(ck['config'], cfg, ckpts[-1])
-    model.load_state_dict(ck['model'])
-    try:
-        opt.load_state_dict(ck['optimizer'])
-    except ValueError:  # parameter groups differ: a checkpoint from before the predictor had its own groups
-        raise UserError(f"{ckpts[-1]}: its optimizer state does not fit this version's parameter groups; "
-                        "start a new run (another --out_dir), or probe the checkpoint as it is") from None
-    if main_rank:
-        truncate_log(os.path.join(run_dir, 'log.jsonl'), ck['step'])
-    say(f"resumed from {ckpts[-1]} at step {ck['step']}")
-    return ck['step'], ck['elapsed']
-
-def distribute_and_compile(model, cfg, world, dev):
-    """The module the loop calls: DDP over the processes of a torchrun, and torch.compile of the networks only
-    (masks and augmentation stay eager; lengths vary, so dynamic shapes; in place, so state_dict keys stay)."""
-    if cfg['compile']:
-        import torch._inductor.config as inductor_config
-        # no channels-last rewrite of the patch-embedding conv: with two view sizes (LeJEPA's global and local
-        # views) inductor kept the first size's channels-last strides as constants and the backward failed
-        inductor_config.layout_optimization = False
-        for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
-            if net is not None:
-                net.compile(dynamic=True)
-    if world > 1:
-        return nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.startswith('cuda') else None)
-    return model
-
-def log_record(model, cfg, epoch, loss, logs, grad_norm, schedule):
-    """One log line's numbers: losses and their terms, gradient norm, schedules, SparseJEPA's group sparsity.
-    The tensors come to the host in one copy: one synchronisation per log line."""
-    lr_now, wd, momentum = schedule
-    terms = {'loss': loss, **logs, 'grad_norm': grad_norm}
-    if cfg['method'] == 'sparse':
-        W = model.predictor.embed.weight
-        terms.update(omega=group_lasso(W, cfg['num_groups']), group_sparsity=group_sparsity(W, cfg['num_groups']))
-    values = torch.stack([torch.as_tensor(v).detach().float() for v in terms.values()]).tolist()
-    rec = {'epoch': round(epoch, 3), **dict(zip(terms, values)), 'lr': lr_now, 'wd': wd}
-    if model.target is not None:
-        rec['momentum'] = momentum
-    return rec
-
 # ----------------------------------------------------------------------------- summary
 def summarize(model, data, cfg, stats):
     """Linear probe of the trained representation and of a random-init encoder of the same shape."""
     out = {'method': cfg['method'], 'data': cfg['data']}
     if cfg['probe']:
-        import probe  # probe.py: the one implementation of the evaluation protocol
         random_init = build_model(dict(cfg, seed=cfg['seed'] + 1), data['train_x'].device).encoder  # same shape
         for name, enc in (('', model.features_encoder()), ('_random_init', random_init)):
-            r = probe.evaluate(enc, data, linear_only=True)
-            out[f'probe_acc{name}'] = r['linear']
+            tr, te = extract_features(enc, data['train_x']), extract_features(enc, data['test_x'])
+            out[f'probe_acc{name}'] = linear_probe(tr, data['train_y'].to(tr.device), te, data['test_y'].to(te.device))
     out.update({k: stats[k] for k in ('train_seconds', 'img_per_s', 'params_M', 'steps', 'final_loss')})
     print('-' * 20 + ' summary')
     for k, v in out.items():
@@ -803,6 +746,55 @@ def main(argv):
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+# The evaluation protocol's features and linear probe (probe.py adds kNN and precision@k around them):
+# average-pooled frozen tokens; standardised features, L-BFGS logistic regression, weight decay chosen on a
+# held-out 10 % of train.
+@torch.no_grad()
+def extract_features(model, images, batch_size=512):
+    """Average-pooled output tokens of a frozen encoder. images uint8 (N, 3, S, S) -> features float32 (N, D)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev.type == 'cuda' else nullcontext()
+    out = []
+    for x in images.split(batch_size):
+        with autocast:
+            out.append(model(normalize(x.to(dev))).mean(1).float())  # (b, D)
+    model.train(was_training)
+    return torch.cat(out)
+
+def _fit_logreg(x, y, num_classes, wd, max_iter=500):
+    """Multinomial logistic regression, L-BFGS to convergence on the whole set. x (N, D) -> (W (D, C), b (C,))."""
+    W = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
+    b = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
+                            history_size=20, line_search_fn='strong_wolfe')
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ W + b, y) + 0.5 * wd * W.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return W.detach(), b.detach()
+
+def linear_probe(train_x, train_y, test_x, test_y, wds=(1e-5, 1e-4, 1e-3, 1e-2), holdout=0.1, seed=0):
+    """Top-1 accuracy of a linear classifier on frozen features. Features standardised with train statistics;
+    the weight decay with the best accuracy on a held-out part of train is refit on all of train."""
+    train_x, test_x = train_x.float(), test_x.float()
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    C = int(max(train_y.max(), test_y.max())) + 1
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train_x), generator=g).to(train_x.device)
+    n_hold = max(1, int(len(train_x) * holdout))
+    hold, fit = perm[:n_hold], perm[n_hold:]
+    best = max(wds, key=lambda wd: _accuracy(*_fit_logreg(train_x[fit], train_y[fit], C, wd), train_x[hold], train_y[hold]))
+    return _accuracy(*_fit_logreg(train_x, train_y, C, best), test_x, test_y)
+
+def _accuracy(W, b, x, y):
+    return ((x @ W + b).argmax(1) == y).float().mean().item()
 
 # =============================================================================
 # plumbing: data readers
@@ -1049,6 +1041,69 @@ def load_data(cfg, dev):
     return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in d.items()}
 
 # =============================================================================
+# plumbing: the training loop's set-up helpers
+def device_line(cfg, dev, world):
+    """What trains where: device, processes, precision, and which attention / SIGReg path is used (after the
+    kernels' self-test)."""
+    on_cuda = dev.startswith('cuda')
+    fused = set()
+    if cfg['triton_kernels'] and kernels_available(dev):
+        import kernels
+        fused = {'attention', 'SIGReg'} - {f.replace('sigreg', 'SIGReg') for f in kernels.failed}
+    where = '' if on_cuda else " (Triton's interpreter)"
+    paths = {2: f'Triton kernels for attention and SIGReg{where}', 0: 'SDPA attention, PyTorch SIGReg',
+             1: f"Triton kernel for {''.join(fused)}{where}, PyTorch {''.join({'attention', 'SIGReg'} - fused)}"}[len(fused)]
+    return (f"device: {dev}" + (f" x {world} processes" if world > 1 else '') +
+            f", {'bf16 autocast' if on_cuda else 'fp32'}, {paths}")
+
+def resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say):
+    """Load the newest checkpoint of run_dir into model and opt -> (step, elapsed seconds)."""
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise UserError(f"--resume=True but {run_dir} has no checkpoint: drop --resume or point --out_dir at a run")
+    ck = load_checkpoint(ckpts[-1])
+    check_compatible(ck['config'], cfg, ckpts[-1])
+    model.load_state_dict(ck['model'])
+    try:
+        opt.load_state_dict(ck['optimizer'])
+    except ValueError:  # parameter groups differ: a checkpoint from before the predictor had its own groups
+        raise UserError(f"{ckpts[-1]}: its optimizer state does not fit this version's parameter groups; "
+                        "start a new run (another --out_dir), or probe the checkpoint as it is") from None
+    if main_rank:
+        truncate_log(os.path.join(run_dir, 'log.jsonl'), ck['step'])
+    say(f"resumed from {ckpts[-1]} at step {ck['step']}")
+    return ck['step'], ck['elapsed']
+
+def distribute_and_compile(model, cfg, world, dev):
+    """The module the loop calls: DDP over the processes of a torchrun, and torch.compile of the networks only
+    (masks and augmentation stay eager; lengths vary, so dynamic shapes; in place, so state_dict keys stay)."""
+    if cfg['compile']:
+        import torch._inductor.config as inductor_config
+        # no channels-last rewrite of the patch-embedding conv: with two view sizes (LeJEPA's global and local
+        # views) inductor kept the first size's channels-last strides as constants and the backward failed
+        inductor_config.layout_optimization = False
+        for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
+            if net is not None:
+                net.compile(dynamic=True)
+    if world > 1:
+        return nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.startswith('cuda') else None)
+    return model
+
+def log_record(model, cfg, epoch, loss, logs, grad_norm, schedule):
+    """One log line's numbers: losses and their terms, gradient norm, schedules, SparseJEPA's group sparsity.
+    The tensors come to the host in one copy: one synchronisation per log line."""
+    lr_now, wd, momentum = schedule
+    terms = {'loss': loss, **logs, 'grad_norm': grad_norm}
+    if cfg['method'] == 'sparse':
+        W = model.predictor.embed.weight
+        terms.update(omega=group_lasso(W, cfg['num_groups']), group_sparsity=group_sparsity(W, cfg['num_groups']))
+    values = torch.stack([torch.as_tensor(v).detach().float() for v in terms.values()]).tolist()
+    rec = {'epoch': round(epoch, 3), **dict(zip(terms, values)), 'lr': lr_now, 'wd': wd}
+    if model.target is not None:
+        rec['momentum'] = momentum
+    return rec
+
+# =============================================================================
 # plumbing: checkpoints and command line
 def open_run_dir(run_dir, main_rank):
     """Create the run directory; remove the half-written checkpoints of a killed run."""
@@ -1179,6 +1234,7 @@ def parse_args(argv, defaults=None, help_text=None):
     """`--key=value` overrides of the defaults (this file's config block unless given) -> config dict.
     Raises UserError; -h prints help_text (this file's config block unless given) and exits."""
     cfg = {k: globals()[k] for k in CONFIG_KEYS} if defaults is None else dict(defaults)
+    given = set()
     for arg in argv:
         if arg in ('-h', '--help'):
             print(help_text or config_help())
@@ -1190,16 +1246,11 @@ def parse_args(argv, defaults=None, help_text=None):
             close = difflib.get_close_matches(key, cfg, n=1)
             raise UserError(f"unknown config key {key!r}" + (f"; did you mean --{close[0]}?" if close else " (see -h)"))
         cfg[key] = _cast(key, val, cfg[key])
-    if defaults is None:  # lr 0: Adam's muP rule, a wider encoder takes smaller steps (1e-3 at width 128)
-        cfg['lr'] = cfg['lr'] or 1e-3 * 128 / cfg['width']
-        # ema 0: the EMA scaling rule, the teacher averages over the same number of images at any batch size
-        cfg['ema'] = cfg['ema'] or 0.99 ** (cfg['batch_size'] / 16)
-        cfg['ema_end'] = cfg['ema_end'] or cfg['ema']
-        # pred_lr 0: a slower predictor helps I-JEPA, but not sparse and ijepa_sigreg on short budgets (README: Results)
-        cfg['pred_lr'] = cfg['pred_lr'] or (0.3 if cfg['method'] == 'ijepa' else 1.0)
-        # sigreg_weight -1: LeJEPA gains more from a stronger pull to the Gaussian; ijepa_sigreg loses (README: Results)
-        if cfg['sigreg_weight'] == -1:
-            cfg['sigreg_weight'] = 0.1 if cfg['method'] == 'lejepa' else 0.05
+        given.add(key)
+    if defaults is None:
+        for key, derive in DERIVED.items():
+            if key not in given:
+                cfg[key] = derive(cfg)
         check_config(cfg)
     return cfg
 
@@ -1220,7 +1271,7 @@ def check_config(c):
     need(c['method'] in METHODS, f"--method={c['method']}: choose one of {', '.join(METHODS)}")
     need(c['data'] in DATASETS, f"--data={c['data']}: choose one of {', '.join(DATASETS)}")
     for k in ('batch_size', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth', 'pred_heads',
-              'num_contexts', 'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
+              'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
         need(c[k] > 0, f"--{k}={c[k]}: must be a positive integer")
     for k in ('epochs', 'steps', 'local_views', 'lr', 'pred_lr', 'min_lr', 'weight_decay', 'weight_decay_end',
               'budget_minutes', 'group_lambda', 'kl_beta'):
@@ -1233,7 +1284,7 @@ def check_config(c):
     need(0 <= c['ema'] <= 1, f"--ema={c['ema']}: a momentum in [0, 1]")
     need(0 <= c['ema_end'] <= 1, f"--ema_end={c['ema_end']}: a momentum in [0, 1]")
     need(0 <= c['sigreg_weight'] <= 1,
-         f"--sigreg_weight={c['sigreg_weight']}: lambda must be in [0, 1] (-1: the method's default)")
+         f"--sigreg_weight={c['sigreg_weight']}: lambda must be in [0, 1]")
     need(c['img_size'] % c['patch_size'] == 0,
          f"--patch_size={c['patch_size']} does not divide --img_size={c['img_size']}")
     need(c['img_size'] // c['patch_size'] >= 4, "the patch grid must be at least 4x4: lower --patch_size")

@@ -46,56 +46,8 @@ HELP = """usage: python probe.py --ckpt=PATH [--key=value ...]
 # ----------------------------------------------------------------------------- features
 
 
-@torch.no_grad()
-def extract_features(model, images, batch_size=512):
-    """Average-pooled output tokens of a frozen encoder. images uint8 (N, 3, S, S) -> features float32 (N, D)."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev.type == 'cuda' else jepa.nullcontext()
-    out = []
-    for x in images.split(batch_size):
-        with autocast:
-            out.append(model(jepa.normalize(x.to(dev))).mean(1).float())  # (b, D)
-    model.train(was_training)
-    return torch.cat(out)
-
-# ----------------------------------------------------------------------------- linear probe
-
-
-def _fit_logreg(x, y, num_classes, wd, max_iter=500):
-    """Multinomial logistic regression, L-BFGS to convergence on the whole set. x (N, D) -> (W (D, C), b (C,))."""
-    W = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
-    b = torch.zeros(num_classes, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
-                            history_size=20, line_search_fn='strong_wolfe')
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ W + b, y) + 0.5 * wd * W.pow(2).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return W.detach(), b.detach()
-
-
-def linear_probe(train_x, train_y, test_x, test_y, wds=(1e-5, 1e-4, 1e-3, 1e-2), holdout=0.1, seed=0):
-    """Top-1 accuracy of a linear classifier on frozen features. Features standardised with train statistics;
-    the weight decay with the best accuracy on a held-out part of train is refit on all of train."""
-    train_x, test_x = train_x.float(), test_x.float()
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    C = int(max(train_y.max(), test_y.max())) + 1
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(train_x), generator=g).to(train_x.device)
-    n_hold = max(1, int(len(train_x) * holdout))
-    hold, fit = perm[:n_hold], perm[n_hold:]
-    best = max(wds, key=lambda wd: _accuracy(*_fit_logreg(train_x[fit], train_y[fit], C, wd), train_x[hold], train_y[hold]))
-    return _accuracy(*_fit_logreg(train_x, train_y, C, best), test_x, test_y)
-
-
-def _accuracy(W, b, x, y):
-    return ((x @ W + b).argmax(1) == y).float().mean().item()
+# The feature extraction and the linear probe live in jepa.py, whose end-of-run summary uses them too.
+extract_features, linear_probe = jepa.extract_features, jepa.linear_probe
 
 # ----------------------------------------------------------------------------- neighbours
 

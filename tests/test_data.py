@@ -188,3 +188,19 @@ def test_cifar_is_downloaded_by_the_first_process_only(tmp_path, http_dir, monke
         else:
             assert jepa.load_cifar(cfg, url=f'{base}/cifar-10-python.tar.gz', md5=good)['train_x'].shape[0] == 30
     assert len(calls) == 1 and len(barriers) == 2
+
+
+def test_make_tin40_builds_a_class_subset_and_its_splits(tmp_path, capsys):
+    """tests/make_tin40.py: a class subset of a tiny-imagenet-200 source in the same layout (read back by
+    --data=tinyimagenet), the class-disjoint splits beside it, and a clear error for a source without the classes."""
+    import make_tin40
+    write_tinyimagenet(tmp_path / 'tiny.zip')
+    out = tmp_path / 'sub' / 'tin-2.zip'
+    make_tin40.main([str(tmp_path / 'tiny.zip'), str(out), '--classes=2', '--seed=0', '--splits'])
+    d = jepa.load_tinyimagenet(cfg_for(data='tinyimagenet', data_dir=str(out)))
+    assert len(d['classes']) == 2 and d['train_x'].shape[0] == 8 and d['test_x'].shape[0] == 4
+    pre, held = jepa.load_folder(cfg_for(data='folder', data_dir=str(tmp_path / 'sub' / 'tin2_pre1'))), \
+        jepa.load_folder(cfg_for(data='folder', data_dir=str(tmp_path / 'sub' / 'tin2_held1')))
+    assert len(pre['classes']) == len(held['classes']) == 1 and pre['classes'] != held['classes']
+    with pytest.raises(jepa.UserError, match='lacks 40 of the classes'):
+        make_tin40.main([str(tmp_path / 'tiny.zip'), str(tmp_path / 'tin40.zip')])

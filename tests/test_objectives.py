@@ -2,8 +2,6 @@
 import copy
 
 import pytest
-import random
-
 import torch
 from hypothesis import given, strategies as st
 
@@ -101,28 +99,6 @@ def test_the_masked_methods_train_on_the_lower_grid_first(method, first_half, se
         assert torch.isfinite(loss)
         seen.append(max(tokens))
     assert seen == [first_half, second_half]
-
-
-def test_the_context_masks_of_an_image_share_one_teacher_pass_and_average_their_losses(monkeypatch):
-    """--num_contexts=2 (the official num_enc_masks): the teacher runs once on the B crops, and the loss is the mean
-    of what two one-context steps give on the same crops, one per mask set."""
-    cfg = jepa.parse_args(['--img_size=32', '--patch_size=8', '--width=32', '--depth=1', '--heads=2', '--pred_width=16',
-                           '--pred_depth=1', '--pred_heads=1', '--triton_kernels=False', '--num_contexts=2'])
-    model = jepa.build_model(cfg, 'cpu')
-    B = 4
-    x = torch.randint(0, 256, (B, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    ctx, tgt = jepa.multiblock_masks(2 * B, 4, 4, rng=random.Random(1), generator=torch.Generator().manual_seed(1))  # rows 2b, 2b+1: image b
-    teacher_batches = []
-    model.target.register_forward_hook(lambda m, args, out: teacher_batches.append(out.shape[0]))
-
-    def loss(masks, num_contexts):
-        monkeypatch.setattr(jepa, 'multiblock_masks', lambda *a, **k: masks)
-        model.cfg = dict(cfg, num_contexts=num_contexts)
-        return model(x, torch.Generator().manual_seed(2), 0)[0]  # the same crops at every call
-    both = loss((ctx, tgt), 2)
-    first, second = loss((ctx[0::2], tgt[0::2]), 1), loss((ctx[1::2], tgt[1::2]), 1)
-    torch.testing.assert_close(both, (first + second) / 2)
-    assert teacher_batches == [B, B, B]
 
 
 def test_no_weight_decay_on_biases_norms_and_tokens():
