@@ -339,7 +339,7 @@ def prediction_loss(pred, target):
 def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     """I-JEPA (Assran et al. 2023): from a context block, predict the layer-normed teacher features of four target
     blocks; smooth-L1 (beta = 1), as in the official code. The teacher is the EMA encoder (ijepa, sparse) or,
-    for ijepa_sigreg, the encoder itself (ijepa_sigreg_terms); sparse may add a Gaussian head (kl_head)."""
+    for ijepa_sigreg, the encoder itself, with SIGReg on its pooled output; sparse may add a Gaussian head (kl_head)."""
     S = crop_size(progress, cfg)  # lower for the first lowres_frac of training
     img = random_resized_crop(normalize(img), S, (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
     B, gw = img.shape[0], S // cfg['patch_size']
@@ -692,7 +692,8 @@ def train(cfg):
             ema_update(model.target, model.encoder, momentum)
         step, seen = step + 1, seen + B
         if warm:
-            elapsed, timed, timed_s = elapsed + time.time() - t0, timed + 1, timed_s + time.time() - t0
+            dt = time.time() - t0
+            elapsed, timed, timed_s = elapsed + dt, timed + 1, timed_s + dt
         else:  # the first step compiles (Triton kernels, torch.compile): off the budget clock and the speed
             if dev.startswith('cuda'):
                 torch.cuda.synchronize(dev)
@@ -1045,14 +1046,11 @@ def load_data(cfg, dev):
 def device_line(cfg, dev, world):
     """What trains where: device, processes, precision, and which attention / SIGReg path is used (after the
     kernels' self-test)."""
-    on_cuda = dev.startswith('cuda')
-    fused = set()
-    if cfg['triton_kernels'] and kernels_available(dev):
-        import kernels
-        fused = {'attention', 'SIGReg'} - {f.replace('sigreg', 'SIGReg') for f in kernels.failed}
+    on_cuda, on = dev.startswith('cuda'), cfg['triton_kernels'] and kernels_available(dev)
+    failed = __import__('kernels').failed if on else {}
     where = '' if on_cuda else " (Triton's interpreter)"
-    paths = {2: f'Triton kernels for attention and SIGReg{where}', 0: 'SDPA attention, PyTorch SIGReg',
-             1: f"Triton kernel for {''.join(fused)}{where}, PyTorch {''.join({'attention', 'SIGReg'} - fused)}"}[len(fused)]
+    paths = (f"{'Triton' if on and 'attention' not in failed else 'SDPA'} attention, "
+             f"{'Triton' if on and 'sigreg' not in failed else 'PyTorch'} SIGReg" + (where if on else ''))
     return (f"device: {dev}" + (f" x {world} processes" if world > 1 else '') +
             f", {'bf16 autocast' if on_cuda else 'fp32'}, {paths}")
 
