@@ -16,9 +16,11 @@ Metric definitions (per sample z in R^D, then averaged): Hoyer (sqrt(D) - |z|_1/
 activation ratio: share of |z_j| above 10 % of max_j |z_j|; Gini of |z| (sorted-values formula); L0 fraction
 (share of nonzero entries) and its smooth form (|z|_1/|z|_2)^2 / D. Set level: dead units (dims varying by
 < 1e-6), PCA variance of the first 10 and 50 components, effective rank (RankMe: exp of the entropy of the
-normalised singular values), cosine silhouette, precision@5. Attention per layer and head: entropy of each
-query's distribution, its largest weight, the share of weights below 1/N, and head similarity (mean pairwise
-cosine of the heads' maps), diversity = 1 - similarity.
+normalised singular values), mean per-dimension std, cosine silhouette, precision@5. Patch tokens of the
+teacher (the masked methods' targets): their effective rank and std over all tokens, and the within-image share
+of their variance (near 0: every patch of an image carries the same feature). Attention per layer and head:
+entropy of each query's distribution, its largest weight, the share of weights below 1/N, and head similarity
+(mean pairwise cosine of the heads' maps), diversity = 1 - similarity.
 """
 import base64
 import html
@@ -105,11 +107,31 @@ def embedding_metrics(z, labels=None):
         'pca_var_10': var[:10].sum().item(),
         'pca_var_50': var[:50].sum().item(),
         'effective_rank': effective_rank(z),
+        'dim_std': z.std(0).mean().item(),
     }
     if labels is not None:
         out['silhouette'] = silhouette_cosine(z, labels)
         out['nn_precision_at_5'] = probe.nn_precision_at_k(z, labels, k=5)
     return out
+
+def patch_metrics(h, max_tokens=16384):
+    """Token-level view of patch features h (N, L, D), the targets of the masked methods: effective rank and
+    mean per-dimension std over (a sample of) all tokens, and the within-image share of their variance. A
+    share near 0 means every patch of an image has the same feature (the patch tokens collapsed onto the
+    image's pooled vector: targets any context token can predict)."""
+    h = h.double()
+    tokens = h.flatten(0, 1)  # (N*L, D)
+    sample = tokens[torch.randperm(len(tokens), generator=torch.Generator().manual_seed(0))[:max_tokens]]
+    total = tokens.var(0).sum()
+    within = (h - h.mean(1, keepdim=True)).pow(2).sum(-1).mean() * h.shape[1] / max(h.shape[1] - 1, 1)
+    return {'patch_effective_rank': effective_rank(sample), 'patch_dim_std': tokens.std(0).mean().item(),
+            'within_image_share': (within / total.clamp_min(1e-30)).item()}
+
+
+@torch.no_grad()
+def patch_features(encoder, images, batch_size=256):
+    """Unpooled output tokens of an encoder on full images: uint8 (N, 3, S, S) -> (N, L, D) float32."""
+    return torch.cat([encoder(jepa.normalize(x)).float() for x in images.split(batch_size)])
 
 # ----------------------------------------------------------------------------- attention metrics
 
@@ -337,11 +359,10 @@ def patch_pca_images(encoder, images):
     return [(png_uri(to_rgb(img), max(1, 96 // S)), png_uri(r, max(1, 96 // grid))) for img, r in zip(images, rgb)]
 
 
-def attention_map_images(weights, images, num_prefix):
-    """Per image, the last layer's attention over the patch grid: the CLS row when there is one, else the mean over
-    queries; heads averaged."""
-    w = weights[-1].mean(1)  # (B, N, N)
-    rows = w[:, 0, num_prefix:] if num_prefix else w.mean(1)  # (B, L)
+def attention_map_images(weights, images):
+    """Per image, the last layer's attention over the patch grid: how much each patch is attended to, averaged over
+    queries and heads."""
+    rows = weights[-1].mean((1, 2))  # (B, L)
     grid = int(math.isqrt(rows.shape[1]))
     out = []
     for img, r in zip(images, rows):
@@ -368,7 +389,7 @@ def group_activation_maps(model, cfg, images):
 
 def analyze_checkpoint(ck, data, args, last):
     """Metrics of one checkpoint (and, for the last one, the pictures)."""
-    model, cfg = jepa.model_from_checkpoint(ck, data['test_x'].device)
+    model, cfg = probe.model_from_checkpoint(ck, data['test_x'].device)
     model.eval()
     teacher = model.features_encoder()
     n = min(args['samples'], len(data['test_x']))
@@ -376,7 +397,8 @@ def analyze_checkpoint(ck, data, args, last):
     z_t = probe.extract_features(teacher, x)
     z_s = student_features(model.encoder, x, cfg['patch_size'])
     row = {'epoch': float(ck['epoch']), 'step': ck['step'],
-           'teacher': embedding_metrics(z_t, y), 'student': embedding_metrics(z_s, y)}
+           'teacher': embedding_metrics(z_t, y), 'student': embedding_metrics(z_s, y),
+           'patches': patch_metrics(patch_features(teacher, x))}
     imgs = x[:args['images']]
     weights = attention_weights(teacher, jepa.normalize(imgs))
     row['attention'] = [attention_metrics(w) for w in weights]
@@ -386,7 +408,7 @@ def analyze_checkpoint(ck, data, args, last):
         row['omega'] = jepa.group_lasso(W, cfg['num_groups']).item()
     if not last:
         return row, {}
-    pics = {'attention_maps': attention_map_images(weights, imgs, teacher.num_prefix),
+    pics = {'attention_maps': attention_map_images(weights, imgs),
             'patch_pca': patch_pca_images(teacher, imgs), 'pca': pca_2d(z_t).cpu().numpy()}
     if args['tsne']:
         print(f"  t-SNE of {n} points", flush=True)
@@ -419,7 +441,8 @@ def read_log(run_dir):
 
 
 SET_METRICS = ['hoyer', 'activation_ratio', 'gini', 'dead_units', 'l0_fraction', 'l1_l2_fraction', 'pca_var_10',
-               'pca_var_50', 'effective_rank', 'silhouette', 'nn_precision_at_5']
+               'pca_var_50', 'effective_rank', 'dim_std', 'silhouette', 'nn_precision_at_5']
+PATCH_METRICS = ['patch_effective_rank', 'patch_dim_std', 'within_image_share']
 
 
 def build_report(run_dir, cfg, rows, pics, log, compare, classes):
@@ -441,6 +464,8 @@ def build_report(run_dir, cfg, rows, pics, log, compare, classes):
     h.append('<h2>Embeddings per epoch: teacher (full image) vs student (masked context)</h2>')
     for who in ('teacher', 'student'):
         h.append(f'<h3>{who}</h3>' + html_table([{'epoch': r['epoch'], **r[who]} for r in rows], ['epoch'] + SET_METRICS))
+    h.append('<h3>teacher patch tokens (the targets of the masked methods)</h3>' +
+             html_table([{'epoch': r['epoch'], **r['patches']} for r in rows], ['epoch'] + PATCH_METRICS))
     ep = [r['epoch'] for r in rows]
     for k in ('hoyer', 'gini', 'effective_rank', 'nn_precision_at_5'):
         h.append(svg_lines({w: list(zip(ep, [r[w][k] for r in rows])) for w in ('teacher', 'student')}, k))
@@ -461,7 +486,7 @@ def build_report(run_dir, cfg, rows, pics, log, compare, classes):
     h.append(html_table(att_rows))
     h.append('<p>Head similarity per layer (mean cosine between heads\' maps):</p>' +
              ''.join(heatmap(a['head_similarity'], 24, f'layer {i}') for i, a in enumerate(last['attention'])))
-    h.append('<p>Last-layer attention over each image (CLS row if the model has one, else the mean over queries):</p>' +
+    h.append('<p>Last-layer attention over each image (how much each patch is attended to, mean over queries):</p>' +
              ''.join(f'<img src="{u}">' for u in pics['attention_maps']))
     h.append('<h2>Patch features: first three principal components as RGB</h2>' +
              ''.join(f'<figure><img src="{a}"><img src="{b}"></figure>' for a, b in pics['patch_pca']))
@@ -519,6 +544,10 @@ def main(argv):
         row, p = analyze_checkpoint(jepa.load_checkpoint(path), data, args, last=i == len(paths) - 1)
         rows.append(row)
         pics.update(p)
+        t, pm = row['teacher'], row['patches']
+        print(f"  pooled: effective rank {t['effective_rank']:.1f}, dim std {t['dim_std']:.3f} | patches: effective "
+              f"rank {pm['patch_effective_rank']:.1f}, dim std {pm['patch_dim_std']:.3f}, within-image share "
+              f"{pm['within_image_share']:.3f}", flush=True)
     compare = load_compare(args['compare'], rows[-1]['teacher'], pics['labels']) if args['compare'] else None
     with open(os.path.join(args['run'], 'metrics.json'), 'w') as f:
         json.dump({'checkpoints': rows, 'compare': compare}, f, indent=1)

@@ -12,7 +12,8 @@ Papers: I-JEPA (Assran et al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJE
 2025), oi-VAE (Ainsworth et al. 2018), RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every
 definition used here.
 """
-import copy, difflib, hashlib, io, json, math, os, pickle, random, re, sys, tarfile, time, urllib.request, zipfile, zlib
+import copy, difflib, hashlib, io, json, math, os, pathlib, pickle, random, re, sys, tarfile, time, urllib.request, zipfile
+import zlib
 from contextlib import nullcontext
 
 import numpy as np
@@ -34,11 +35,9 @@ patch_size = 4            # patch side in pixels; must divide img_size
 width = 128               # encoder width D
 depth = 4                 # encoder blocks
 heads = 4                 # attention heads; width/heads must be divisible by 4 for 2-D RoPE
-cls_token = False         # prepend an (unrotated) CLS token; only used for attention maps
 pred_width = 64           # predictor width Dp (the narrow I-JEPA predictor)
 pred_depth = 1            # predictor blocks (1: more steps in a budget, README: How the defaults were chosen)
 pred_heads = 2            # predictor heads; pred_width/pred_heads divisible by 4
-pred_per_block = False    # True: one predictor pass per target block, the context seeing its mask tokens (official)
 # optimisation
 epochs = 8                # passes over the training set
 steps = 0                 # total optimizer steps; overrides epochs when > 0
@@ -62,7 +61,6 @@ local_views = 2           # LeJEPA local views (crop scale 0.05-0.3, half resolu
 proj_dim = 128            # projector output size K (lejepa, infonce)
 group_lambda = 0.01       # lambda of the group-lasso proximal step, threshold lr*lambda (sparse)
 num_groups = 8            # G groups of the predictor input projection's rows (sparse)
-kl_beta = 0.0             # > 0: Gaussian head on context tokens with KL to N(0, I), weight beta (sparse)
 tau = 0.2                 # InfoNCE temperature
 # run
 out_dir = ''              # run directory ('' = runs/<data>_<method>)
@@ -184,19 +182,17 @@ def init_weights(module):
                 nn.init.zeros_(m.bias)
 
 class ViT(nn.Module):
-    def __init__(self, patch_size, width, depth, heads, cls_token=False, kernels=False):
+    def __init__(self, patch_size, width, depth, heads, kernels=False):
         super().__init__()
         self.patch_size, self.width = patch_size, width
         self.patch_embed = nn.Conv2d(3, width, patch_size, stride=patch_size)
-        self.cls = nn.Parameter(torch.zeros(1, 1, width)) if cls_token else None
-        self.num_prefix = int(cls_token)
         self.blocks = nn.ModuleList([Block(width, heads, kernels) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         init_weights(self)
 
     def forward(self, img, idx=None):
         """img float (B, 3, S, S); idx (B, N) row-major indices of the patches to keep (None: all).
-        Returns patch tokens (B, N, D); a CLS token, if any, takes part in attention but is not returned."""
+        Returns patch tokens (B, N, D)."""
         x = self.patch_embed(img)  # (B, D, S/p, S/p)
         grid_w = x.shape[-1]
         x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D); contiguous, or every residual add keeps the
@@ -206,12 +202,9 @@ class ViT(nn.Module):
         else:
             x = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N, D)
             pos = grid_pos(idx, grid_w)  # (B, N, 2): each kept token keeps its original place
-        if self.cls is not None:  # at position (0, 0) the RoPE rotation is the identity: an unrotated CLS
-            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)
-            pos = F.pad(pos, (0, 0, 1, 0))
         for blk in self.blocks:
             x = blk(x, pos)
-        return self.norm(x)[:, self.num_prefix:]
+        return self.norm(x)
 
 class Predictor(nn.Module):
     """The narrow I-JEPA predictor: context tokens projected to width Dp, one shared learned mask token per
@@ -219,15 +212,13 @@ class Predictor(nn.Module):
     one sequence, [context, block 1, ..., block nb], in segments: each block's mask tokens see the context and
     their own block, the context sees only itself. So a block's predictions see what the official
     one-pass-per-block predictor shows them, and the context is computed once instead of once per block (its
-    tokens do not see the mask tokens, which in the official passes they do): half the predictor's arithmetic.
-    per_block=True runs the official way: B*nb sequences [context, block i], full attention in each."""
-    def __init__(self, width, pred_width, depth, heads, kernels=False, per_block=False):
+    tokens do not see the mask tokens, which in the official passes they do): half the predictor's arithmetic."""
+    def __init__(self, width, pred_width, depth, heads, kernels=False):
         super().__init__()
         self.embed = nn.Linear(width, pred_width)  # weight (Dp, D): SparseJEPA's latent-to-group matrix
         self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_width))
         self.blocks = nn.ModuleList([Block(pred_width, heads, kernels) for _ in range(depth)])
         self.norm, self.head = nn.LayerNorm(pred_width), nn.Linear(pred_width, width)
-        self.per_block = per_block
         init_weights(self)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
@@ -235,15 +226,9 @@ class Predictor(nn.Module):
         """z (B, Nc, D) context tokens at ctx_idx (B, Nc); tgt_idx (B, nb, Nt) -> predictions (B, nb, Nt, D)."""
         B, nb, Nt = tgt_idx.shape
         Nc = ctx_idx.shape[1]
-        x = self.embed(z)  # (B, Nc, Dp)
-        if self.per_block:  # B*nb sequences [context, block i]: every block its own copy of the context
-            x, ctx_idx, tgt_idx = x.repeat_interleave(nb, 0), ctx_idx.repeat_interleave(nb, 0), tgt_idx.flatten(0, 1)
-            seg = None
-        else:  # B sequences [context, block 1, ..., block nb]: segment ids 0 for the context, i for block i
-            seg = F.pad(torch.arange(1, nb + 1, device=z.device).repeat_interleave(Nt), (Nc, 0))
-        n_mask = tgt_idx.shape[1:].numel()  # mask tokens per sequence: Nt, or nb*Nt
-        x = torch.cat([x, self.mask_token.expand(x.shape[0], n_mask, -1)], 1)  # (sequences, Nc+n_mask, Dp)
-        pos = grid_pos(torch.cat([ctx_idx, tgt_idx.flatten(1)], 1), grid_w)  # (sequences, Nc+n_mask, 2)
+        seg = F.pad(torch.arange(1, nb + 1, device=z.device).repeat_interleave(Nt), (Nc, 0))  # 0 context, i block i
+        x = torch.cat([self.embed(z), self.mask_token.expand(B, nb * Nt, -1)], 1)  # (B, Nc + nb*Nt, Dp)
+        pos = grid_pos(torch.cat([ctx_idx, tgt_idx.flatten(1)], 1), grid_w)  # (B, Nc + nb*Nt, 2)
         for blk in self.blocks:
             x = blk(x, pos, seg)
         return self.head(self.norm(x[:, Nc:])).view(B, nb, Nt, -1)
@@ -253,16 +238,13 @@ class JEPA(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         m, kernels = cfg['method'], cfg['triton_kernels']
-        self.encoder = ViT(cfg['patch_size'], cfg['width'], cfg['depth'], cfg['heads'], cfg['cls_token'], kernels)
+        self.encoder = ViT(cfg['patch_size'], cfg['width'], cfg['depth'], cfg['heads'], kernels)
         self.target = copy.deepcopy(self.encoder).requires_grad_(False) if m in ('ijepa', 'sparse') else None  # EMA
         if m in MASKED:
-            self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'], kernels,
-                                       cfg['pred_per_block'])
+            self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'], kernels)
         if m in ('lejepa', 'infonce'):
             self.projector = nn.Sequential(  # MLP head of the multi-view methods: pooled D -> K
                 nn.Linear(cfg['width'], 512), nn.BatchNorm1d(512), nn.GELU(), nn.Linear(512, cfg['proj_dim']))
-        if m == 'sparse' and cfg['kl_beta'] > 0:
-            self.logvar = nn.Linear(cfg['width'], cfg['width'])  # Gaussian head: mean = context token
         self.cfg = cfg
 
     def forward(self, x, g, step, progress=1.0):
@@ -339,7 +321,7 @@ def prediction_loss(pred, target):
 def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     """I-JEPA (Assran et al. 2023): from a context block, predict the layer-normed teacher features of four target
     blocks; smooth-L1 (beta = 1), as in the official code. The teacher is the EMA encoder (ijepa, sparse) or,
-    for ijepa_sigreg, the encoder itself, with SIGReg on its pooled output; sparse may add a Gaussian head (kl_head)."""
+    for ijepa_sigreg, the encoder itself, with SIGReg on its pooled output."""
     S = crop_size(progress, cfg)  # lower for the first lowres_frac of training
     img = random_resized_crop(normalize(img), S, (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
     B, gw = img.shape[0], S // cfg['patch_size']
@@ -351,21 +333,12 @@ def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     h = F.layer_norm(h_full, h_full.shape[-1:])  # (B, L, D), no affine parameters
     h = h.gather(1, tgt_idx.flatten(1).unsqueeze(-1).expand(-1, -1, h.shape[-1])).view(*tgt_idx.shape, -1)
     z = model.encoder(img, ctx_idx)  # (B, Nc, D)
-    logs = {}
-    if hasattr(model, 'logvar'):
-        z, logs['kl'] = kl_head(model, z, g)
-    logs['pred'] = loss = prediction_loss(model.predictor(z, ctx_idx, tgt_idx, gw), h)  # predictions (B, 4, Nt, D)
+    loss = prediction_loss(model.predictor(z, ctx_idx, tgt_idx, gw), h)  # predictions (B, 4, Nt, D)
+    logs = {'pred': loss}
     if cfg['method'] == 'ijepa_sigreg':
         logs['sigreg'] = sigreg(h_full.mean(1), step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])
         loss = (1 - cfg['sigreg_weight']) * loss + cfg['sigreg_weight'] * logs['sigreg']
-    return loss + cfg['kl_beta'] * logs.get('kl', 0.0), logs
-
-def kl_head(model, z, g):
-    """sparse with --kl_beta > 0: the context tokens become the means of a Gaussian whose log-variance a linear
-    head predicts; a sample goes on, and the KL to N(0, I) is returned. z (B, Nc, D) -> (sample, kl)."""
-    logvar = model.logvar(z).float()
-    kl = 0.5 * (z.float() ** 2 + logvar.exp() - 1 - logvar).sum(-1).mean()
-    return z + (0.5 * logvar).exp().to(z.dtype) * torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype), kl
+    return loss, logs
 
 
 # SIGReg (LeJEPA, Balestriero & LeCun 2025): the sliced Epps-Pulley test that the embeddings are an
@@ -385,47 +358,25 @@ def ep_knots(num_knots=NUM_KNOTS, dtype=torch.float32, device=None):
     w[0], w[-1] = dt * phi[0], dt * phi[-1]
     return t, phi, w
 
-class CFSums(torch.autograd.Function):
-    """Sums over the batch of cos(t_k y_nm) and sin(t_k y_nm): y (N, M) -> (M, T) each, in O(N*M) memory.
-    Forward and backward walk the batch in chunks and recompute cos/sin in backward instead of keeping
-    N x M x T tensors alive (they are 272 MB each at N = 4096, M = 1024)."""
-    @staticmethod
-    def forward(ctx, y, t):
-        ctx.save_for_backward(y, t)
-        cos_sum, sin_sum = y.new_zeros(2, y.shape[1], t.numel())  # (M, T) each
-        for yc in _chunks(y, t.numel()):
-            ty = yc.unsqueeze(-1) * t  # (n, M, T), one chunk at a time
-            cos_sum += ty.cos().sum(0)
-            sin_sum += ty.sin().sum(0)
-        return cos_sum, sin_sum
-
-    @staticmethod
-    def backward(ctx, g_cos, g_sin):  # g_* (M, T)
-        y, t = ctx.saved_tensors
-        dy = torch.empty_like(y)
-        i = 0
-        for yc in _chunks(y, t.numel()):
-            ty = yc.unsqueeze(-1) * t  # (n, M, T)
-            dy[i:i + len(yc)] = ((ty.cos() * g_sin - ty.sin() * g_cos) * t).sum(-1)  # d/dy of cos, sin sums
-            i += len(yc)
-        return dy, None
-
-def _chunks(y, T, elems=1 << 22):  # row blocks of y whose (n, M, T) products hold about `elems` numbers
-    return y.split(max(1, elems // (y.shape[1] * T)))
+def cf_sums(y, t):
+    """Sums over the batch of cos(t_k y_nm) and sin(t_k y_nm): y (N, M), t (T,) -> (M, T) each. Plain autograd
+    keeps (N, M, T) tensors for backward; the fused kernel (kernels/sigreg.py) needs only O(N*M) memory."""
+    ty = y.unsqueeze(-1) * t  # (N, M, T)
+    return ty.cos().sum(0), ty.sin().sum(0)
 
 def epps_pulley(y, num_knots=NUM_KNOTS, kernels=False):
     """Per-slice Epps-Pulley statistic T_m for projections y (N, M) -> (M,). Computed in fp32 (fp64 for fp64
     input) whatever the input dtype; differentiable. Under torch.distributed the characteristic-function means
     are all-reduced (with a gradient-carrying all-reduce), so the statistic is the global-batch one.
-    kernels=True: the fused Triton sums (fp32; this recomputing path is their fallback)."""
+    kernels=True: the fused Triton sums (fp32; cf_sums is their fallback)."""
     y = y.double() if y.dtype == torch.float64 else y.float()
     t, phi, w = ep_knots(num_knots, y.dtype, y.device)
     n = y.new_full((), y.shape[0])  # a tensor (all-reduced below), made without a host-to-device copy
     if kernels and y.dtype == torch.float32:
-        from kernels.sigreg import cf_sums
-        cos_sum, sin_sum = cf_sums(y, num_knots, T_MAX / (num_knots - 1), lambda y: CFSums.apply(y, t))  # fused
+        from kernels.sigreg import cf_sums as cf_sums_fused
+        cos_sum, sin_sum = cf_sums_fused(y, num_knots, T_MAX / (num_knots - 1), lambda y: cf_sums(y, t))
     else:
-        cos_sum, sin_sum = CFSums.apply(y, t)  # (M, T) each
+        cos_sum, sin_sum = cf_sums(y, t)  # (M, T) each
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         import torch.distributed.nn.functional as dist_fn  # backward all-reduces the gradient too
         cos_sum, sin_sum = dist_fn.all_reduce(cos_sum), dist_fn.all_reduce(sin_sum)
@@ -553,7 +504,7 @@ def make_optimizer(model, cfg):
         if not p.requires_grad:
             continue
         group_lasso_w = cfg['method'] == 'sparse' and name == 'predictor.embed.weight'
-        decays = not (p.dim() < 2 or 'token' in name or name == 'encoder.cls' or group_lasso_w)
+        decays = not (p.dim() < 2 or 'token' in name or group_lasso_w)
         groups.setdefault((decays, name.startswith('predictor.')), []).append(p)
     fused = next(model.parameters()).device.type in ('cpu', 'cuda')  # one kernel for all parameters: 6 -> 1 ms a step
     return torch.optim.AdamW([{'params': ps, 'weight_decay': cfg['weight_decay'] if decays else 0.0,
@@ -814,11 +765,10 @@ CIFAR = {  # canonical archive, the md5 torchvision checks, its folder, the meta
 # ones (what a JEPA learns) needs exactly the arrangement.
 ARRANGEMENTS = {
     'row': [(-1, 0), (0, 0), (1, 0)], 'column': [(0, -1), (0, 0), (0, 1)], 'diagonal': [(-1, -1), (0, 0), (1, 1)],
-    'antidiagonal': [(-1, 1), (0, 0), (1, -1)], 'corner_tl': [(-1, -1), (1, -1), (-1, 1)],
-    'corner_tr': [(-1, -1), (1, -1), (1, 1)], 'corner_bl': [(-1, -1), (-1, 1), (1, 1)],
-    'corner_br': [(1, -1), (-1, 1), (1, 1)], 'arrow_up': [(-1, 1), (1, 1), (0, -1)],
-    'arrow_down': [(-1, -1), (1, -1), (0, 1)], 'arrow_left': [(1, -1), (1, 1), (-1, 0)],
-    'arrow_right': [(-1, -1), (-1, 1), (1, 0)]}
+    'antidiagonal': [(-1, 1), (0, 0), (1, -1)], 'corner_tl': [(-1, -1), (1, -1), (-1, 1)], 'corner_tr':
+    [(-1, -1), (1, -1), (1, 1)], 'corner_bl': [(-1, -1), (-1, 1), (1, 1)], 'corner_br': [(1, -1), (-1, 1), (1, 1)],
+    'arrow_up': [(-1, 1), (1, 1), (0, -1)], 'arrow_down': [(-1, -1), (1, -1), (0, 1)],
+    'arrow_left': [(1, -1), (1, 1), (-1, 0)], 'arrow_right': [(-1, -1), (-1, 1), (1, 0)]}
 SHAPES = tuple(ARRANGEMENTS)
 
 def make_shapes(n, size=32, seed=0):
@@ -893,10 +843,8 @@ def load_cifar(cfg, url=None, md5=None):
     root = cfg['data_dir'] or os.path.expanduser('~/.cache/nano-jepa')
     if os.path.isdir(os.path.join(root, folder)):  # extracted archive inside root
         root = os.path.join(root, folder)
-    elif os.path.isfile(root):  # an archive given by path: FileSource says if it is not one
-        pass
-    elif root.endswith(('.tar.gz', '.tgz', '.tar', '.zip')) or (os.path.exists(root) and not os.path.isdir(root)):
-        raise UserError(f"--data_dir={root} does not exist: pass the CIFAR python-version archive or its folder")
+    elif root.endswith(('.tar.gz', '.tgz', '.tar', '.zip')) or os.path.isfile(root):
+        pass  # an archive given by path: FileSource says if it is missing or not one
     elif not os.path.exists(os.path.join(root, meta)):  # a cache folder: download the archive into it once
         archive = os.path.join(root, os.path.basename(canon_url))
         if not os.path.exists(archive):
@@ -927,35 +875,33 @@ IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 class FileSource:
     """Uniform read access to a folder, a .zip or a tar archive: relative paths, and the bytes of one."""
+    ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error)
+
     def __init__(self, path):
         if not os.path.exists(path):
             raise UserError(f"--data_dir={path} does not exist")
-        self.path, self.zip, self.tar = path, None, None
+        self.path = path
         try:
             if os.path.isdir(path):
                 self.names = [os.path.relpath(os.path.join(d, f), path).replace(os.sep, '/')
                               for d, _, fs in os.walk(path) for f in fs]
+                self._read = lambda n: pathlib.Path(path, n).read_bytes()
             elif zipfile.is_zipfile(path):
-                self.zip = zipfile.ZipFile(path)
-                self.names = [n for n in self.zip.namelist() if not n.endswith('/')]
+                z = zipfile.ZipFile(path)
+                self.names, self._read = [n for n in z.namelist() if not n.endswith('/')], z.read
             elif path.endswith(('.tar', '.tar.gz', '.tgz')):
-                self.tar = tarfile.open(path)
-                self.members = {m.name: m for m in self.tar.getmembers() if m.isfile()}
-                self.names = list(self.members)
+                t = tarfile.open(path)
+                members = {m.name: m for m in t.getmembers() if m.isfile()}
+                self.names, self._read = list(members), lambda n: t.extractfile(members[n]).read()
             else:
                 raise UserError(f"{path} is not a readable zip archive: pass the folder, a complete .zip or a .tar.gz")
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        except self.ERRORS as e:
             raise UserError(f"{path} is truncated or not a valid archive ({e}); download it again or pass the folder")
 
     def read(self, name):
         try:
-            if self.zip:
-                return self.zip.read(name)
-            if self.tar:
-                return self.tar.extractfile(self.members[name]).read()
-            with open(os.path.join(self.path, name), 'rb') as f:
-                return f.read()
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            return self._read(name)
+        except self.ERRORS as e:
             raise UserError(f"{self.path}: cannot read {name} ({e}); the archive is truncated or corrupt")
 
 def load_tinyimagenet(cfg):
@@ -1044,15 +990,12 @@ def load_data(cfg, dev):
 # =============================================================================
 # plumbing: the training loop's set-up helpers
 def device_line(cfg, dev, world):
-    """What trains where: device, processes, precision, and which attention / SIGReg path is used (after the
-    kernels' self-test)."""
+    """What trains where: device, processes, precision, and the attention and SIGReg paths (after the self-test)."""
     on_cuda, on = dev.startswith('cuda'), cfg['triton_kernels'] and kernels_available(dev)
-    failed = __import__('kernels').failed if on else {}
-    where = '' if on_cuda else " (Triton's interpreter)"
-    paths = (f"{'Triton' if on and 'attention' not in failed else 'SDPA'} attention, "
-             f"{'Triton' if on and 'sigreg' not in failed else 'PyTorch'} SIGReg" + (where if on else ''))
-    return (f"device: {dev}" + (f" x {world} processes" if world > 1 else '') +
-            f", {'bf16 autocast' if on_cuda else 'fp32'}, {paths}")
+    path = lambda family, other: 'Triton' if on and family not in __import__('kernels').failed else other  # noqa: E731
+    return (f"device: {dev}" + (f" x {world} processes" if world > 1 else '') + (", bf16 autocast" if on_cuda else
+            ", fp32") + f", {path('attention', 'SDPA')} attention, {path('sigreg', 'PyTorch')} SIGReg" +
+            (" (Triton's interpreter)" if on and not on_cuda else ''))
 
 def resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say):
     """Load the newest checkpoint of run_dir into model and opt -> (step, elapsed seconds)."""
@@ -1138,16 +1081,6 @@ def load_checkpoint(path):
         raise UserError(f"{path} is not a nano-jepa checkpoint (no model/config/step entries)")
     return ck
 
-def model_from_checkpoint(ck, dev='cpu'):
-    """Rebuild the JEPA a checkpoint was saved from and load its weights."""
-    cfg = {k: globals()[k] for k in CONFIG_KEYS} | ck['config']
-    model = build_model(cfg, dev)
-    try:
-        model.load_state_dict(ck['model'])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]})")
-    return model, cfg
-
 def truncate_log(path, step):
     """Drop log records written after `step` (by a run that died after its last checkpoint)."""
     if os.path.exists(path):
@@ -1168,11 +1101,11 @@ def versions(dev):
 
 def check_compatible(saved, cfg, path):
     """Resuming needs the same model and method; anything else (epochs, lr, ...) may change."""
-    keys = ('method', 'patch_size', 'width', 'depth', 'heads', 'cls_token', 'pred_width', 'pred_depth',
+    keys = ('method', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth',
             'pred_heads', 'proj_dim', 'num_groups', 'img_size')
     diff = [f"{k}={saved.get(k)} (now {cfg[k]})" for k in keys if saved.get(k) != cfg[k]]
-    if diff or (saved.get('kl_beta', 0) > 0) != (cfg['kl_beta'] > 0):
-        raise UserError(f"{path} was trained with {', '.join(diff) or 'another kl_beta'}: resume with the same "
+    if diff:
+        raise UserError(f"{path} was trained with {', '.join(diff)}: resume with the same "
                         "settings or use another --out_dir")
 
 class NonFiniteGuard:
@@ -1272,7 +1205,7 @@ def check_config(c):
               'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
         need(c[k] > 0, f"--{k}={c[k]}: must be a positive integer")
     for k in ('epochs', 'steps', 'local_views', 'lr', 'pred_lr', 'min_lr', 'weight_decay', 'weight_decay_end',
-              'budget_minutes', 'group_lambda', 'kl_beta'):
+              'budget_minutes', 'group_lambda'):
         need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
     need(c['tau'] > 0, f"--tau={c['tau']}: the InfoNCE temperature must be > 0")
     need(0 < c['crop_scale'] <= 1, f"--crop_scale={c['crop_scale']}: an area fraction in (0, 1]")

@@ -49,6 +49,19 @@ HELP = """usage: python probe.py --ckpt=PATH [--key=value ...]
 # The feature extraction and the linear probe live in jepa.py, whose end-of-run summary uses them too.
 extract_features, linear_probe = jepa.extract_features, jepa.linear_probe
 
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def model_from_checkpoint(ck, dev='cpu'):
+    """Rebuild the JEPA a checkpoint was saved from and load its weights."""
+    cfg = {k: getattr(jepa, k) for k in jepa.CONFIG_KEYS} | ck['config']  # keys newer than the checkpoint: defaults
+    model = jepa.build_model(cfg, dev)
+    try:
+        model.load_state_dict(ck['model'])
+    except RuntimeError as e:
+        raise jepa.UserError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]})")
+    return model, cfg
+
 # ----------------------------------------------------------------------------- neighbours
 
 
@@ -113,7 +126,7 @@ def probe_checkpoints(paths, args):
             enc, epoch = random_model.encoder, 0
         else:
             ck = first if path == paths[0] else jepa.load_checkpoint(path)
-            model, _ = jepa.model_from_checkpoint(ck, dev)
+            model, _ = model_from_checkpoint(ck, dev)
             if (ck['config']['patch_size'], ck['config']['width']) != (first['config']['patch_size'], first['config']['width']):
                 raise jepa.UserError(f"{path} has another model shape than {paths[0]}: probe runs one at a time")
             enc, epoch = model.features_encoder(), ck['epoch']

@@ -115,12 +115,13 @@ def test_tsne_separates_clusters():
 
 
 def test_report_from_a_tiny_run_is_self_contained(tiny_args, tmp_path):
-    jepa.main(tiny_args + ['--epochs=2', '--probe=False', '--method=sparse', '--cls_token=True'])
+    jepa.main(tiny_args + ['--epochs=2', '--probe=False', '--method=sparse'])
     run_dir = [a.split('=', 1)[1] for a in tiny_args if a.startswith('--out_dir')][0]
     np.savez(tmp_path / 'other.npz', embeddings=np.random.default_rng(0).normal(size=(300, 7)),
              labels=np.arange(300) % 3)
     rows = analyze.main([f'--run={run_dir}', '--samples=300', '--images=3', f'--compare={tmp_path / "other.npz"}'])
-    assert len(rows) == 2 and {'teacher', 'student', 'attention', 'group_sparsity'} <= set(rows[0])
+    assert len(rows) == 2 and {'teacher', 'student', 'patches', 'attention', 'group_sparsity'} <= set(rows[0])
+    assert 0 <= rows[-1]['patches']['within_image_share'] <= 1 and rows[-1]['patches']['patch_effective_rank'] >= 1
     page = open(os.path.join(run_dir, 'report.html')).read()
     metrics = json.load(open(os.path.join(run_dir, 'metrics.json')))
     assert len(metrics['checkpoints']) == 2 and metrics['compare'][1]['set'] == 'other.npz'

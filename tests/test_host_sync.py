@@ -44,9 +44,8 @@ def test_steps_between_log_lines_never_sync(tiny_args, method, use_kernels, monk
     monkeypatch.setattr(jepa, 'step_generator', step_generator)
     monkeypatch.setattr(torch.Tensor, 'tolist', tolist)
     args = [a for a in tiny_args if not a.startswith(('--triton_kernels', '--log_every', '--batch_size'))]
-    extra = ['--kl_beta=0.01'] if method == 'sparse' else []
     cfg = jepa.parse_args(args + [f'--method={method}', '--steps=9', '--log_every=4', '--probe=False',
-                                  '--batch_size=8', f'--triton_kernels={use_kernels}'] + extra)
+                                  '--batch_size=8', f'--triton_kernels={use_kernels}'])
     with counter:
         jepa.train(cfg)
     steps = {s: counter.per_step[s] for s in range(5, 9)}  # steps 5-8: after the first log line (step 4)

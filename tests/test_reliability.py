@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import jepa
+import probe
 from test_data import jpeg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +55,7 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
         kills += 1
         newest = jepa.list_checkpoints(str(run_dir))[-1]
         ck = jepa.load_checkpoint(newest)  # must load, with weights_only=True, every time
-        jepa.model_from_checkpoint(ck)
+        probe.model_from_checkpoint(ck)
         steps_seen.append(ck['step'])
     assert steps_seen == sorted(steps_seen) and steps_seen[-1] > steps_seen[0], steps_seen
     last = steps_seen[-1]
@@ -120,4 +121,4 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(tmp_path):
     assert 'x 2 processes' in r.stdout
     ckpts = jepa.list_checkpoints(str(tmp_path / 'r'))
     assert ckpts and jepa.load_checkpoint(ckpts[-1])['step'] == 12
-    jepa.model_from_checkpoint(jepa.load_checkpoint(ckpts[-1]))
+    probe.model_from_checkpoint(jepa.load_checkpoint(ckpts[-1]))

@@ -16,7 +16,7 @@ from kernels import attention as KA, sigreg as KS  # noqa: E402
 from triton.runtime.errors import OutOfResources  # noqa: E402
 
 KERNELS = {KA: ('_attn_fwd', '_attn_bwd_dkdv', '_attn_bwd_dq'), KS: ('_cf_sums_fwd', '_cf_sums_bwd')}
-EXTRA = {'sparse': ['--kl_beta=0.01'], 'lejepa': ['--local_views=1']}
+EXTRA = {'lejepa': ['--local_views=1']}
 
 
 class Counted:
