@@ -321,7 +321,7 @@ def prediction_loss(pred, target):
 def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     """I-JEPA (Assran et al. 2023): from a context block, predict the layer-normed teacher features of four target
     blocks; smooth-L1 (beta = 1), as in the official code. The teacher is the EMA encoder (ijepa, sparse) or,
-    for ijepa_sigreg, the encoder itself, with SIGReg on its pooled output."""
+    for ijepa_sigreg, the encoder itself, with SIGReg on all its patch tokens."""
     S = crop_size(progress, cfg)  # lower for the first lowres_frac of training
     img = random_resized_crop(normalize(img), S, (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
     B, gw = img.shape[0], S // cfg['patch_size']
@@ -335,8 +335,10 @@ def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     z = model.encoder(img, ctx_idx)  # (B, Nc, D)
     loss = prediction_loss(model.predictor(z, ctx_idx, tgt_idx, gw), h)  # predictions (B, 4, Nt, D)
     logs = {'pred': loss}
-    if cfg['method'] == 'ijepa_sigreg':
-        logs['sigreg'] = sigreg(h_full.mean(1), step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])
+    if cfg['method'] == 'ijepa_sigreg':  # on the images' pooled features and on every patch token, the targets
+        # themselves: with the pooled term alone an image's tokens collapse onto one vector any context token predicts
+        reg = lambda z: sigreg(z, step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])  # noqa: E731
+        logs['sigreg'] = (reg(h_full.mean(1)) + reg(h_full.flatten(0, 1))) / 2  # (B, D) and (B*L, D) samples
         loss = (1 - cfg['sigreg_weight']) * loss + cfg['sigreg_weight'] * logs['sigreg']
     return loss, logs
 

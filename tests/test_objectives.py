@@ -101,6 +101,29 @@ def test_the_masked_methods_train_on_the_lower_grid_first(method, first_half, se
     assert seen == [first_half, second_half]
 
 
+def test_ijepa_sigreg_regularises_the_pooled_features_and_every_patch_token(monkeypatch):
+    """ijepa_sigreg's SIGReg term is the mean of SIGReg on the images' pooled full-image tokens (B, D) and on all
+    B*L tokens (B*L, D), the targets themselves; the loss is (1 - lambda) * pred + lambda * that mean."""
+    cfg = jepa.parse_args(['--img_size=32', '--patch_size=8', '--width=32', '--depth=1', '--heads=2',
+                           '--pred_width=16', '--pred_depth=1', '--pred_heads=1', '--lowres_frac=0',
+                           '--triton_kernels=False', '--method=ijepa_sigreg', '--num_slices=8'])
+    model = jepa.build_model(cfg, 'cpu')
+    full = []
+    model.encoder.register_forward_hook(lambda m, args, out: full.append(out) if args[1:] in ((), (None,)) else None)
+    seen, real = [], jepa.sigreg
+    monkeypatch.setattr(jepa, 'sigreg', lambda z, *a, **k: (seen.append(z), real(z, *a, **k))[1])
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    loss, logs = model(x, torch.Generator().manual_seed(0), 5)
+    h = full[0]  # (4, 16, 32): the encoder's own full-image tokens, with gradient (no EMA, no stop-gradient)
+    assert h.requires_grad and [tuple(z.shape) for z in seen] == [(4, 32), (64, 32)]
+    torch.testing.assert_close(seen[0], h.mean(1))
+    torch.testing.assert_close(seen[1], h.flatten(0, 1))
+    expected = (real(h.mean(1), 5, 8, cfg['seed']) + real(h.flatten(0, 1), 5, 8, cfg['seed'])) / 2
+    torch.testing.assert_close(logs['sigreg'], expected)
+    lam = cfg['sigreg_weight']
+    torch.testing.assert_close(loss, (1 - lam) * logs['pred'] + lam * expected)
+
+
 def test_no_weight_decay_on_biases_norms_and_tokens():
     cfg = jepa.parse_args([])
     model = jepa.build_model(cfg, 'cpu')
