@@ -116,14 +116,14 @@ def embedding_metrics(z, labels=None):
 
 def patch_metrics(h, max_tokens=16384):
     """Token-level view of patch features h (N, L, D), the targets of the masked methods: effective rank and
-    mean per-dimension std over (a sample of) all tokens, and the within-image share of their variance. A
-    share near 0 means every patch of an image has the same feature (the patch tokens collapsed onto the
-    image's pooled vector: targets any context token can predict)."""
+    mean per-dimension std over (a sample of) all tokens, and the within-image share of their variance (total
+    = within + between images). Near 0: every patch of an image has the same feature (the tokens collapsed onto
+    the image's pooled vector: targets any context token predicts); independent tokens give (L - 1) / L."""
     h = h.double()
     tokens = h.flatten(0, 1)  # (N*L, D)
     sample = tokens[torch.randperm(len(tokens), generator=torch.Generator().manual_seed(0))[:max_tokens]]
-    total = tokens.var(0).sum()
-    within = (h - h.mean(1, keepdim=True)).pow(2).sum(-1).mean() * h.shape[1] / max(h.shape[1] - 1, 1)
+    total = (tokens - tokens.mean(0)).pow(2).sum(-1).mean()  # = within + between images: the share is in [0, 1]
+    within = (h - h.mean(1, keepdim=True)).pow(2).sum(-1).mean()
     return {'patch_effective_rank': effective_rank(sample), 'patch_dim_std': tokens.std(0).mean().item(),
             'within_image_share': (within / total.clamp_min(1e-30)).item()}
 
