@@ -59,7 +59,7 @@ num_slices = 256          # M random directions per SIGReg evaluation
 global_views = 2          # LeJEPA global views (crop scale 0.3-1, full resolution)
 local_views = 2           # LeJEPA local views (crop scale 0.05-0.3, half resolution)
 proj_dim = 128            # projector output size K (lejepa, infonce)
-group_lambda = 0.01       # lambda of the group-lasso proximal step, threshold lr*lambda (sparse)
+group_lambda = 0.1        # lambda of the group-lasso proximal step, threshold lr*lambda (sparse; README: Results)
 num_groups = 8            # G groups of the predictor input projection's rows (sparse)
 tau = 0.2                 # InfoNCE temperature
 # run
