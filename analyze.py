@@ -394,11 +394,12 @@ def analyze_checkpoint(ck, data, args, last):
     teacher = model.features_encoder()
     n = min(args['samples'], len(data['test_x']))
     x, y = data['test_x'][:n], data['test_y'][:n].to(data['test_x'].device)
-    z_t = probe.extract_features(teacher, x)
+    h_t = patch_features(teacher, x)  # (N, L, D): one pass gives the patch metrics and the pooled features
+    z_t = h_t.mean(1)
     z_s = student_features(model.encoder, x, cfg['patch_size'])
     row = {'epoch': float(ck['epoch']), 'step': ck['step'],
            'teacher': embedding_metrics(z_t, y), 'student': embedding_metrics(z_s, y),
-           'patches': patch_metrics(patch_features(teacher, x))}
+           'patches': patch_metrics(h_t)}
     imgs = x[:args['images']]
     weights = attention_weights(teacher, jepa.normalize(imgs))
     row['attention'] = [attention_metrics(w) for w in weights]
