@@ -152,17 +152,23 @@ def attention_metrics(w):
 
 @torch.no_grad()
 def attention_weights(encoder, img):
-    """Attention weights of every block of a ViT for a normalised batch -> list of (B, H, N, N), layer order."""
-    attns = [blk.attn for blk in encoder.blocks]
-    for a in attns:
-        a.keep_weights = True
+    """Attention weights of every block of a ViT for a normalised batch -> list of (B, H, N, N), layer order:
+    softmax(RoPE(q) RoPE(k)^T / sqrt(d)), recomputed from each attention module's input by a forward pre-hook."""
+    weights = []
+
+    def hook(attn, args):
+        x, pos = args[:2]  # (B, N, D), positions
+        B, N, D = x.shape
+        q, k, _ = attn.qkv(x).view(B, N, 3, attn.heads, D // attn.heads).permute(2, 0, 3, 1, 4)  # (B, H, N, d)
+        scores = jepa.rope(q, pos) @ jepa.rope(k, pos).transpose(-1, -2) / math.sqrt(D // attn.heads)
+        weights.append(scores.float().softmax(-1))  # (B, H, N, N)
+    handles = [blk.attn.register_forward_pre_hook(hook) for blk in encoder.blocks]
     try:
         encoder(img)
-        return [a.weights.float() for a in attns]
     finally:
-        for a in attns:
-            a.keep_weights = False
-            a.weights = None
+        for h in handles:
+            h.remove()
+    return weights
 
 # ----------------------------------------------------------------------------- maps
 

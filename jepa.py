@@ -12,8 +12,8 @@ Papers: I-JEPA (Assran et al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJE
 2025), oi-VAE (Ainsworth et al. 2018), RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every
 definition used here.
 """
-import copy, difflib, hashlib, io, json, math, os, pathlib, pickle, random, re, sys, tarfile, time, urllib.request, zipfile
-import zlib
+import copy, difflib, functools, hashlib, importlib.metadata, importlib.util, io, json, math, os, pathlib, pickle
+import random, re, sys, tarfile, time, zipfile, zlib
 from contextlib import nullcontext
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 # Every name assigned in this block is a config key: `--key=value` overrides it, `-h` lists them all.
 # data
 data = 'shapes'           # shapes (embedded, procedural) | cifar10 | cifar100 | tinyimagenet | folder
-data_dir = ''             # folder or archive to read; for cifar also the download cache ('' = ~/.cache/nano-jepa)
+data_dir = ''             # folder or archive to read ('' for cifar: data/cifar-10(0)-python.tar.gz, `make cifar10`)
 img_size = 32             # images are resized to img_size x img_size once, when loaded
 crop_scale = 0.6          # smallest area of the random-resized crop (ijepa, ijepa_sigreg, sparse); official 0.3 (README)
 # method
@@ -147,8 +147,6 @@ def attention(q, k, v, pos, kernels=False, seg=None):
     return pytorch(q, k, v)
 
 class Attention(nn.Module):
-    keep_weights = False  # analyze.py sets this to read the attention maps (self.weights, (B, H, N, N))
-
     def __init__(self, dim, heads, kernels=False):
         super().__init__()
         self.heads, self.kernels = heads, kernels  # kernels: fused Triton attention where available
@@ -157,9 +155,6 @@ class Attention(nn.Module):
     def forward(self, x, pos, seg=None):  # x (B, N, D)
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
-        if self.keep_weights:
-            scores = rope(q, pos) @ rope(k, pos).transpose(-1, -2) / math.sqrt(D // self.heads)  # (B, H, N, N)
-            self.weights = (scores if seg is None else scores.masked_fill(~visible(seg), -math.inf)).softmax(-1)
         x = attention(q, k, v, pos, self.kernels, seg)  # (B, H, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
@@ -368,29 +363,24 @@ def cf_sums(y, t):
 
 def epps_pulley(y, num_knots=NUM_KNOTS, kernels=False):
     """Per-slice Epps-Pulley statistic T_m for projections y (N, M) -> (M,). Computed in fp32 (fp64 for fp64
-    input) whatever the input dtype; differentiable. Under torch.distributed the characteristic-function means
-    are all-reduced (with a gradient-carrying all-reduce), so the statistic is the global-batch one.
-    kernels=True: the fused Triton sums (fp32; cf_sums is their fallback)."""
+    input) whatever the input dtype; differentiable. kernels=True: the fused Triton sums (fp32; cf_sums is their
+    fallback)."""
     y = y.double() if y.dtype == torch.float64 else y.float()
     t, phi, w = ep_knots(num_knots, y.dtype, y.device)
-    n = y.new_full((), y.shape[0])  # a tensor (all-reduced below), made without a host-to-device copy
     if kernels and y.dtype == torch.float32:
         from kernels.sigreg import cf_sums as cf_sums_fused
         cos_sum, sin_sum = cf_sums_fused(y, num_knots, T_MAX / (num_knots - 1), lambda y: cf_sums(y, t))
     else:
         cos_sum, sin_sum = cf_sums(y, t)  # (M, T) each
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        import torch.distributed.nn.functional as dist_fn  # backward all-reduces the gradient too
-        cos_sum, sin_sum = dist_fn.all_reduce(cos_sum), dist_fn.all_reduce(sin_sum)
-        n = dist_fn.all_reduce(n)
+    n = y.shape[0]
     C, S = cos_sum / n, sin_sum / n  # (M, T) empirical characteristic function, real and imaginary parts
     return n * (((C - phi) ** 2 + S ** 2) @ w)  # (M,)
 
 def sigreg(z, step, num_slices=num_slices, seed=0, kernels=False):
     """SIGReg of embeddings z (N, D) or of several views (V, N, D) (mean over views): mean over M random unit
-    directions of the Epps-Pulley statistic. The directions come from a generator seeded by the step, so every
-    rank draws the same ones and a resumed run draws them again. In fp32 (fp64 for fp64 z) even under autocast,
-    which would run the projection and the quadrature, both matmuls, in bf16."""
+    directions of the Epps-Pulley statistic. The directions come from a generator seeded by the step, so a resumed
+    run draws them again. In fp32 (fp64 for fp64 z) even under autocast, which would run the projection and the
+    quadrature, both matmuls, in bf16."""
     g = torch.Generator(device=z.device).manual_seed(stream_seed('sigreg', seed, step))  # its own stream
     dt = torch.promote_types(z.dtype, torch.float32)  # fp32, or fp64 for fp64 embeddings
     with torch.autocast(z.device.type, enabled=False):
@@ -411,8 +401,6 @@ def lejepa_views(x, cfg, g):
 
 def embed_views(model, views):
     """Projected, pooled embeddings of a list of same-size views -> (V, B, K)."""
-    if not views:
-        return None
     z = model.projector(model.encoder(torch.cat(views)).mean(1))  # (V*B, K)
     return z.float().view(len(views), views[0].shape[0], -1)
 
@@ -420,7 +408,7 @@ def lejepa_loss(model, x, cfg, g, step, progress=1.0):
     """LeJEPA: L = (1 - lambda) * mean_{v,n} ||mu_n - z_nv||^2 / K + lambda * mean_v SIGReg(z_v), where mu_n is
     the mean of image n's global-view embeddings. No EMA, no stop-gradient, no predictor."""
     views_g, views_l = lejepa_views(x, cfg, g)
-    z = torch.cat([v for v in (embed_views(model, views_g), embed_views(model, views_l)) if v is not None])  # (V, B, K)
+    z = torch.cat([embed_views(model, views) for views in (views_g, views_l) if views])  # (V, B, K)
     mu = z[:cfg['global_views']].mean(0)  # (B, K)
     inv = (mu - z).pow(2).mean()  # mean over views, images and the K coordinates
     reg = sigreg(z, step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])
@@ -516,15 +504,10 @@ def make_optimizer(model, cfg):
 # ----------------------------------------------------------------------------- augmentation
 # Batched on the device: each image gets its own crop box, flip and jitter, through one grid_sample.
 MEAN, STD, LUMA = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (0.299, 0.587, 0.114)
-_constants = {}
 
-def channels(values, device):
-    """A (1, 3, 1, 1) tensor of Python numbers on device, made once: a host-to-device copy in every step would
-    make the host wait for the GPU."""
-    key = (values, str(device))
-    if key not in _constants:
-        _constants[key] = torch.tensor(values, device=device).view(1, 3, 1, 1)
-    return _constants[key]
+@functools.cache  # made once per device: a host-to-device copy in every step would make the host wait for the GPU
+def channels(values, device):  # a tuple of 3 numbers -> (1, 3, 1, 1) tensor on device
+    return torch.tensor(values, device=device).view(1, 3, 1, 1)
 
 def normalize(x):  # uint8 (B, 3, S, S) -> float, ImageNet statistics
     return (x.float() / 255 - channels(MEAN, x.device)) / channels(STD, x.device)
@@ -559,10 +542,10 @@ def color_jitter(x, g, strength=0.4, p_gray=0.2):
     return (x.clamp(0, 1) - mean) / std
 
 # ----------------------------------------------------------------------------- training loop
-def step_generator(seed, step, dev, rank=0):
-    """The step's augmentation and masks come from a generator seeded by (seed, step, rank): a resumed run
-    replays exactly the steps it would have taken."""
-    return torch.Generator(device=dev).manual_seed(stream_seed('step', seed, step, rank))
+def step_generator(seed, step, dev):
+    """The step's augmentation and masks come from a generator seeded by (seed, step): a resumed run replays
+    exactly the steps it would have taken. (The key's last 0 keeps the streams the README's results drew.)"""
+    return torch.Generator(device=dev).manual_seed(stream_seed('step', seed, step, 0))
 
 def stream_seed(*key):
     """The seed of one random stream, named by a purpose and numbers: distinct keys give unrelated 63-bit seeds
@@ -570,10 +553,8 @@ def stream_seed(*key):
     return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], 'little') >> 1
 
 def train(cfg):
-    """Pre-train one method; returns (model, data, stats). Only rank 0 logs and writes checkpoints."""
-    rank, world, dev = setup_distributed(cfg)
-    main_rank = rank == 0
-    say = print if main_rank else (lambda *a, **k: None)
+    """Pre-train one method; returns (model, data, stats)."""
+    dev = pick_device(cfg['device'])
     run_dir = cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}")
     torch.backends.cuda.matmul.allow_tf32 = True
     autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev.startswith('cuda') else nullcontext()
@@ -581,9 +562,9 @@ def train(cfg):
         import kernels
         kernels.failed.clear()
         kernels.self_test(torch.device(dev), torch.bfloat16 if dev.startswith('cuda') else torch.float32)
-    say(device_line(cfg, dev, world))
+    print(device_line(cfg, dev))
     data = load_data(cfg, dev)
-    open_run_dir(run_dir, main_rank)  # only now: bad data leaves no empty run directory behind
+    open_run_dir(run_dir)  # only now: bad data leaves no empty run directory behind
     n_train, B = data['train_x'].shape[0], cfg['batch_size']
     if n_train < B:
         raise UserError(f"--batch_size={B} is larger than the training set ({n_train} images)")
@@ -593,28 +574,26 @@ def train(cfg):
     model = build_model(cfg, dev)
     opt = make_optimizer(model, cfg)
     params_m = sum(p.numel() for p in model.encoder.parameters()) / 1e6
-    say(f"data: {cfg['data']}, {n_train} train / {data['test_x'].shape[0]} test images, {len(data['classes'])} "
-        f"classes, {cfg['img_size']}px | method: {cfg['method']} | encoder {params_m:.2f}M params | "
-        + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)")
-        + (f" | crops {crop_size(0, cfg)} px for the first {cfg['lowres_frac']:.0%}, then {cfg['img_size']}"
-           if cfg['method'] in MASKED and crop_size(0, cfg) != cfg['img_size'] else ''))
-    step, elapsed = resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say) if cfg['resume'] else (0, 0.0)
-    if main_rank:
-        with open(os.path.join(run_dir, 'config.json'), 'w') as f:
-            json.dump({'config': cfg, 'versions': versions(dev), 'world_size': world}, f, indent=1)
-    step_model = distribute_and_compile(model, cfg, world, dev)  # what the loop calls; `model` is what is saved
-    log_file = open(os.path.join(run_dir, 'log.jsonl'), 'a') if main_rank else None
-    guard = NonFiniteGuard(dev)
+    print(f"data: {cfg['data']}, {n_train} train / {data['test_x'].shape[0]} test images, {len(data['classes'])} "
+          f"classes, {cfg['img_size']}px | method: {cfg['method']} | encoder {params_m:.2f}M params | "
+          + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)")
+          + (f" | crops {crop_size(0, cfg)} px for the first {cfg['lowres_frac']:.0%}, then {cfg['img_size']}"
+             if cfg['method'] in MASKED and crop_size(0, cfg) != cfg['img_size'] else ''))
+    step, elapsed = resume_from_checkpoint(run_dir, cfg, model, opt) if cfg['resume'] else (0, 0.0)
+    with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+        json.dump({'config': cfg, 'versions': versions(dev)}, f, indent=1)
+    if cfg['compile']:
+        compile_networks(model)
+    log_file = open(os.path.join(run_dir, 'log.jsonl'), 'a')
 
     def progress():
         return elapsed / budget if budget else step / max(total, 1)
 
     def checkpoint(epoch):
-        guard.check(step, run_dir)  # never save weights that came from a non-finite step
-        if main_rank:
-            save_checkpoint(os.path.join(run_dir, f"ckpt_{step:07d}.pt"), {
-                'model': model.state_dict(), 'optimizer': opt.state_dict(), 'config': cfg, 'step': step,
-                'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
+        read_finite({'loss': loss, **logs, 'grad_norm': grad_norm}, step, run_dir)  # never save non-finite weights
+        save_checkpoint(os.path.join(run_dir, f"ckpt_{step:07d}.pt"), {
+            'model': model.state_dict(), 'optimizer': opt.state_dict(), 'config': cfg, 'step': step,
+            'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
 
     t_last, seen, order_epoch, last, warm = time.time(), 0, -1, {}, False
     timed, timed_s = 0, 0.0  # steps of this process on the clock, and their seconds: the speed in the summary
@@ -630,13 +609,12 @@ def train(cfg):
             group['lr'] = lr_now * (cfg['pred_lr'] if group['predictor'] else 1)
             if group['weight_decay'] > 0:
                 group['weight_decay'] = wd
-        x = data['train_x'][order[i * B + rank * B // world:i * B + (rank + 1) * B // world]]  # (B / world, 3, S, S)
+        x = data['train_x'][order[i * B:(i + 1) * B]]  # (B, 3, S, S) uint8
         with autocast:
-            loss, logs = step_model(x, step_generator(cfg['seed'], step, dev, rank), step, p)
+            loss, logs = model(x, step_generator(cfg['seed'], step, dev), step, p)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float('inf'))  # measures, does not clip
-        guard.record(step + 1, {'loss': loss, **logs, 'grad_norm': grad_norm})
         opt.step()
         if cfg['method'] == 'sparse':
             threshold = lr_now * cfg['pred_lr'] * cfg['group_lambda']  # W's own lr times lambda: the prox of its step
@@ -650,30 +628,27 @@ def train(cfg):
         else:  # the first step compiles (Triton kernels, torch.compile): off the budget clock and the speed
             if dev.startswith('cuda'):
                 torch.cuda.synchronize(dev)
-            say(f"warm-up: the first step took {time.time() - t0:.1f} s (compiling), off the budget clock")
+            print(f"warm-up: the first step took {time.time() - t0:.1f} s (compiling), off the budget clock")
             t_last, seen, warm = time.time(), 0, True
         if step % cfg['log_every'] == 0 or step == total:
-            guard.check(step, run_dir)
             now = time.time()
-            last = {'step': step, **log_record(model, cfg, step / steps_per_epoch, loss, logs, grad_norm,
-                                               (lr_now, wd, momentum)), 'img_per_s': seen / (now - t_last), 'elapsed_s': elapsed}
+            last = {'step': step, **log_record(model, cfg, step, step / steps_per_epoch, loss, logs, grad_norm,
+                                               (lr_now, wd, momentum), run_dir), 'img_per_s': seen / (now - t_last),
+                    'elapsed_s': elapsed}
             t_last, seen = now, 0
             left = (budget - elapsed) if budget else elapsed / step * (total - step)
-            say(f"step {step}/{total if not budget else '?'} | " + ' | '.join(
-                f"{k} {v:.4g}" for k, v in last.items() if k not in ('step', 'elapsed_s')) +
-                f" | eta {left / 60:.1f} min", flush=True)
-            if main_rank:
-                log_file.write(json.dumps(last) + '\n')
-                log_file.flush()
+            print(f"step {step}/{total if not budget else '?'} | " + ' | '.join(
+                  f"{k} {v:.4g}" for k, v in last.items() if k not in ('step', 'elapsed_s')) +
+                  f" | eta {left / 60:.1f} min", flush=True)
+            log_file.write(json.dumps(last) + '\n')
+            log_file.flush()
         if step % steps_per_epoch == 0:
             checkpoint(step // steps_per_epoch)
     if step % steps_per_epoch != 0:
         checkpoint(step / steps_per_epoch)
-    if main_rank:
-        log_file.close()
+    log_file.close()
     return model, data, {'train_seconds': elapsed, 'img_per_s': timed * B / max(timed_s, 1e-9), 'params_M': params_m,
-                         'steps': step, 'run_dir': run_dir, 'final_loss': last.get('loss', float('nan')),
-                         'rank': rank}
+                         'steps': step, 'run_dir': run_dir, 'final_loss': last.get('loss', float('nan'))}
 
 # ----------------------------------------------------------------------------- summary
 def summarize(model, data, cfg, stats):
@@ -694,12 +669,8 @@ def summarize(model, data, cfg, stats):
 
 def main(argv):
     cfg = parse_args(argv)
-    try:
-        model, data, stats = train(cfg)
-        return summarize(model, data, cfg, stats) if stats['rank'] == 0 else None
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    model, data, stats = train(cfg)
+    return summarize(model, data, cfg, stats)
 
 # The evaluation protocol's features and linear probe (probe.py adds kNN and precision@k around them):
 # average-pooled frozen tokens; standardised features, L-BFGS logistic regression, weight decay chosen on a
@@ -756,11 +727,8 @@ def _accuracy(W, b, x, y):
 # split, plus class names. It is decoded once, then moved to the device; batches are indexed out of it and
 # augmented there, so the training loop runs no per-image Python.
 
-CIFAR = {  # canonical archive, the md5 torchvision checks, its folder, the meta file
-    'cifar10': ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz', 'c58f30108f718f92721af3b95e74349a',
-                'cifar-10-batches-py', 'batches.meta'),
-    'cifar100': ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz', 'eb9058c3a382ffc7106e4002c42a8d85',
-                 'cifar-100-python', 'meta')}
+CIFAR = {'cifar10': ('cifar-10-python.tar.gz', 'batches.meta'),  # the canonical archive, its meta file
+         'cifar100': ('cifar-100-python.tar.gz', 'meta')}
 # The embedded dataset's 12 classes: three identical blobs in one of 12 arrangements, as offsets on a unit
 # lattice (x right, y down). Every image holds the same parts, so a bag of patch statistics (what a random-init
 # encoder, average-pooled, mostly sees) cannot tell the classes apart; predicting a hidden blob from the visible
@@ -803,55 +771,14 @@ def load_shapes(cfg):
     x, y = make_shapes(12000, cfg['img_size'], seed=cfg['seed'])
     return dict(train_x=x[:10000], train_y=y[:10000], test_x=x[10000:], test_y=y[10000:], classes=list(SHAPES))
 
-def download(url, path, md5):
-    """Fetch url to path with a progress line, verify md5, keep nothing unverified."""
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp, h = path + '.part', hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, 'wb') as f:
-            total, done = int(r.headers.get('Content-Length') or 0), 0
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                h.update(chunk)
-                done += len(chunk)
-                print(f"\rdownloading {url}: {done / 2**20:.1f}" + (f"/{total / 2**20:.1f}" if total else '') + " MiB",
-                      end='', flush=True)
-        print()
-    except OSError as e:
-        raise UserError(f"could not download {url} ({e}); fetch it by hand and pass --data_dir=PATH_TO_ARCHIVE")
-    if h.hexdigest() != md5:
-        os.remove(tmp)
-        raise UserError(f"{url} downloaded with the wrong md5 (expected {md5}); try again, or pass --data_dir")
-    os.replace(tmp, path)
-
-def download_once(url, path, md5):
-    """download() on the first process only; under torchrun the others wait at a barrier for its file."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return download(url, path, md5)
-    try:
-        if dist.get_rank() == 0:
-            download(url, path, md5)
-    finally:  # reached by rank 0 even when its download fails, so no rank waits forever
-        dist.barrier()
-    if not os.path.exists(path):
-        raise UserError(f"the first process could not download {url}: see its error; or pass --data_dir")
-
-def load_cifar(cfg, url=None, md5=None):
-    """CIFAR-10/100 in the python format, from --data_dir (tarball or extracted folder) or downloaded
-    (url and md5 default to the canonical ones; tests point them at a local server)."""
+def load_cifar(cfg):
+    """CIFAR-10/100 in the python format: the archive or a folder it was extracted into, from --data_dir or data/
+    (where `make cifar10` or `make cifar100` downloads it)."""
     name = cfg['data']
-    canon_url, canon_md5, folder, meta = CIFAR[name]
-    root = cfg['data_dir'] or os.path.expanduser('~/.cache/nano-jepa')
-    if os.path.isdir(os.path.join(root, folder)):  # extracted archive inside root
-        root = os.path.join(root, folder)
-    elif root.endswith(('.tar.gz', '.tgz', '.tar', '.zip')) or os.path.isfile(root):
-        pass  # an archive given by path: FileSource says if it is missing or not one
-    elif not os.path.exists(os.path.join(root, meta)):  # a cache folder: download the archive into it once
-        archive = os.path.join(root, os.path.basename(canon_url))
-        if not os.path.exists(archive):
-            download_once(url or canon_url, archive, md5 or canon_md5)
-        root = archive
+    archive, meta = CIFAR[name]
+    root = cfg['data_dir'] or os.path.join('data', archive)
+    if not os.path.exists(root):
+        raise UserError(f"{root} does not exist: `make {name}` downloads it into data/, or pass --data_dir=PATH")
     src = FileSource(root)
     member = {os.path.basename(n): n for n in src.names}  # the batches sit in a sub-folder of the archive
 
@@ -991,15 +918,14 @@ def load_data(cfg, dev):
 
 # =============================================================================
 # plumbing: the training loop's set-up helpers
-def device_line(cfg, dev, world):
-    """What trains where: device, processes, precision, and the attention and SIGReg paths (after the self-test)."""
+def device_line(cfg, dev):
+    """What trains where: device, precision, and the attention and SIGReg paths (after the self-test)."""
     on_cuda, on = dev.startswith('cuda'), cfg['triton_kernels'] and kernels_available(dev)
     path = lambda family, other: 'Triton' if on and family not in __import__('kernels').failed else other  # noqa: E731
-    return (f"device: {dev}" + (f" x {world} processes" if world > 1 else '') + (", bf16 autocast" if on_cuda else
-            ", fp32") + f", {path('attention', 'SDPA')} attention, {path('sigreg', 'PyTorch')} SIGReg" +
-            (" (Triton's interpreter)" if on and not on_cuda else ''))
+    return (f"device: {dev}, {'bf16 autocast' if on_cuda else 'fp32'}, {path('attention', 'SDPA')} attention, "
+            f"{path('sigreg', 'PyTorch')} SIGReg" + (" (Triton's interpreter)" if on and not on_cuda else ''))
 
-def resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say):
+def resume_from_checkpoint(run_dir, cfg, model, opt):
     """Load the newest checkpoint of run_dir into model and opt -> (step, elapsed seconds)."""
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
@@ -1007,51 +933,50 @@ def resume_from_checkpoint(run_dir, cfg, model, opt, main_rank, say):
     ck = load_checkpoint(ckpts[-1])
     check_compatible(ck['config'], cfg, ckpts[-1])
     model.load_state_dict(ck['model'])
-    try:
-        opt.load_state_dict(ck['optimizer'])
-    except ValueError:  # parameter groups differ: a checkpoint from before the predictor had its own groups
-        raise UserError(f"{ckpts[-1]}: its optimizer state does not fit this version's parameter groups; "
-                        "start a new run (another --out_dir), or probe the checkpoint as it is") from None
-    if main_rank:
-        truncate_log(os.path.join(run_dir, 'log.jsonl'), ck['step'])
-    say(f"resumed from {ckpts[-1]} at step {ck['step']}")
+    opt.load_state_dict(ck['optimizer'])
+    truncate_log(os.path.join(run_dir, 'log.jsonl'), ck['step'])
+    print(f"resumed from {ckpts[-1]} at step {ck['step']}")
     return ck['step'], ck['elapsed']
 
-def distribute_and_compile(model, cfg, world, dev):
-    """The module the loop calls: DDP over the processes of a torchrun, and torch.compile of the networks only
-    (masks and augmentation stay eager; lengths vary, so dynamic shapes; in place, so state_dict keys stay)."""
-    if cfg['compile']:
-        import torch._inductor.config as inductor_config
-        # no channels-last rewrite of the patch-embedding conv: with two view sizes (LeJEPA's global and local
-        # views) inductor kept the first size's channels-last strides as constants and the backward failed
-        inductor_config.layout_optimization = False
-        for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
-            if net is not None:
-                net.compile(dynamic=True)
-    if world > 1:
-        return nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.startswith('cuda') else None)
-    return model
+def compile_networks(model):
+    """torch.compile of the networks only (masks and augmentation stay eager; lengths vary, so dynamic shapes;
+    in place, so state_dict keys stay)."""
+    import torch._inductor.config as inductor_config
+    # no channels-last rewrite of the patch-embedding conv: with two view sizes (LeJEPA's global and local
+    # views) inductor kept the first size's channels-last strides as constants and the backward failed
+    inductor_config.layout_optimization = False
+    for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
+        if net is not None:
+            net.compile(dynamic=True)
 
-def log_record(model, cfg, epoch, loss, logs, grad_norm, schedule):
-    """One log line's numbers: losses and their terms, gradient norm, schedules, SparseJEPA's group sparsity.
-    The tensors come to the host in one copy: one synchronisation per log line."""
+def log_record(model, cfg, step, epoch, loss, logs, grad_norm, schedule, run_dir):
+    """One log line's numbers: losses and their terms, gradient norm, schedules, SparseJEPA's group sparsity."""
     lr_now, wd, momentum = schedule
     terms = {'loss': loss, **logs, 'grad_norm': grad_norm}
     if cfg['method'] == 'sparse':
         W = model.predictor.embed.weight
         terms.update(omega=group_lasso(W, cfg['num_groups']), group_sparsity=group_sparsity(W, cfg['num_groups']))
-    values = torch.stack([torch.as_tensor(v).detach().float() for v in terms.values()]).tolist()
-    rec = {'epoch': round(epoch, 3), **dict(zip(terms, values)), 'lr': lr_now, 'wd': wd}
+    rec = {'epoch': round(epoch, 3), **read_finite(terms, step, run_dir), 'lr': lr_now, 'wd': wd}
     if model.target is not None:
         rec['momentum'] = momentum
     return rec
 
+def read_finite(terms, step, run_dir):
+    """Scalar tensors -> numbers, in one device-to-host copy (one synchronisation per log line). A NaN or inf stops
+    the run before anything is saved; checking at log lines and checkpoints only is enough, because a non-finite
+    step leaves the weights non-finite, and so the losses of every later step."""
+    values = dict(zip(terms, torch.stack([torch.as_tensor(v).detach().float() for v in terms.values()]).tolist()))
+    if bad := [k for k, v in values.items() if not math.isfinite(v)]:
+        raise UserError(f"non-finite {', '.join(bad)} at step {step}: stopped before saving it; the last good checkpoint "
+                        f"in {run_dir} is kept. Try a lower --lr or --triton_kernels=False")
+    return values
+
 # =============================================================================
 # plumbing: checkpoints and command line
-def open_run_dir(run_dir, main_rank):
+def open_run_dir(run_dir):
     """Create the run directory; remove the half-written checkpoints of a killed run."""
     os.makedirs(run_dir, exist_ok=True)
-    for f in os.listdir(run_dir) if main_rank else []:
+    for f in os.listdir(run_dir):
         if f.endswith('.pt.tmp'):
             os.remove(os.path.join(run_dir, f))
 
@@ -1092,14 +1017,9 @@ def truncate_log(path, step):
             f.writelines(keep)
 
 def versions(dev):
-    v = {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'device': dev}
-    try:
-        v['triton'] = __import__('triton').__version__
-    except ImportError:
-        pass
-    if dev.startswith('cuda'):
-        v['gpu'] = torch.cuda.get_device_name()
-    return v
+    triton = importlib.util.find_spec('triton') and importlib.metadata.version('triton')
+    return {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'triton': triton, 'device': dev,
+            'gpu': torch.cuda.get_device_name() if dev.startswith('cuda') else None}
 
 def check_compatible(saved, cfg, path):
     """Resuming needs the same model and method; anything else (epochs, lr, ...) may change."""
@@ -1109,46 +1029,6 @@ def check_compatible(saved, cfg, path):
     if diff:
         raise UserError(f"{path} was trained with {', '.join(diff)}: resume with the same "
                         "settings or use another --out_dir")
-
-class NonFiniteGuard:
-    """Remembers the first step whose loss, a loss term or the gradient norm was NaN/inf, without a CPU-GPU sync
-    per step; check() (at log lines and before checkpoints) stops the run naming that step and term."""
-    def __init__(self, dev):
-        self.first_step = torch.zeros((), dtype=torch.long, device=dev)  # 0: none yet
-        self.names, self.bad = [], None
-
-    def record(self, step, terms):
-        bad = torch.stack([~torch.isfinite(torch.as_tensor(v).detach().float()).all() for v in terms.values()])
-        new = (self.first_step == 0) & bad.any()
-        self.first_step = torch.where(new, step, self.first_step)
-        self.bad = bad if self.bad is None else torch.where(new, bad, self.bad)
-        self.names = list(terms)
-
-    def check(self, step, run_dir):
-        if self.bad is None:
-            return
-        first, *bad = torch.cat([self.first_step.view(1), self.bad.long()]).tolist()  # one device-to-host copy
-        if first:
-            terms = [n for n, b in zip(self.names, bad) if b]
-            raise UserError(f"non-finite {', '.join(terms)} at step {first}: stopped before step {step} was saved; "
-                            f"the last good checkpoint in {run_dir} is kept. Try a lower --lr or --triton_kernels=False")
-
-def setup_distributed(cfg):
-    """(rank, world size, device). Under `torchrun` (RANK in the environment) join the process group: NCCL on
-    GPUs, gloo on CPUs; each rank takes batch_size / world images of every batch."""
-    if 'RANK' not in os.environ:
-        return 0, 1, pick_device(cfg['device'])
-    import torch.distributed as dist
-    dev = pick_device(cfg['device'])
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if dev == 'cuda' else 'gloo')
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if cfg['batch_size'] % world:
-        raise UserError(f"--batch_size={cfg['batch_size']} is not divisible by the {world} processes")
-    if dev == 'cuda':
-        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(dev)
-    return rank, world, dev
 
 def config_help():
     """Each config line of this file, `name = default  # comment`, as the -h text."""

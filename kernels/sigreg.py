@@ -11,8 +11,8 @@ The naive form materialises several (N, M, T) tensors; here no tensor larger tha
     (c_(k+1), s_(k+1)) = (c_k c_1 - s_k s_1, s_k c_1 + c_k s_1). Row ranges write separate partial sums that
     are added in a fixed order afterwards: deterministic, no float atomics.
   * backward: one pass over y, the same rotation, dy accumulated per element.
-All arithmetic is fp32 whatever the input dtype. The statistic itself (an (M, T) epilogue) is plain torch, so
-the sums can be all-reduced across ranks in between (jepa.epps_pulley does that).
+All arithmetic is fp32 whatever the input dtype. The statistic itself (an (M, T) epilogue) is plain torch
+(jepa.epps_pulley).
 
 Runs compiled on CUDA and, unchanged, in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1), which is
 how CI tests it. `python -c "import kernels.sigreg as k; k.bench()"` (make bench) times it on a GPU.

@@ -43,7 +43,8 @@ def ours(batch, masks=None, bf16=False, compile=False):
                                                                      f'--compile={compile}'])
     model = jepa.build_model(cfg, 'cpu')
     opt = jepa.make_optimizer(model, cfg)
-    jepa.distribute_and_compile(model, cfg, 1, 'cpu')
+    if compile:
+        jepa.compile_networks(model)
     autocast = torch.autocast('cpu', dtype=torch.bfloat16) if bf16 else jepa.nullcontext()
     x = (torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).byte()
     ctx, now = [], [0]

@@ -1,12 +1,11 @@
-"""Dataset readers on small archives written in the real formats, and the verified download path."""
-import functools
+"""Dataset readers on small archives written in the real formats, and `make cifar10`'s verified download."""
 import hashlib
-import http.server
 import io
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
-import threading
 import zipfile
 
 import numpy as np
@@ -15,6 +14,8 @@ import torch
 from PIL import Image
 
 import jepa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cfg_for(**kw):
@@ -62,38 +63,31 @@ def test_cifar_truncated_archive_is_a_clear_error(tmp_path):
         jepa.load_cifar(cfg_for(data='cifar10', data_dir=str(tar)))
 
 
-@pytest.fixture
-def http_dir(tmp_path):
-    """A throwaway HTTP server on 127.0.0.1 serving tmp_path/'srv'."""
-    root = tmp_path / 'srv'
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f'http://127.0.0.1:{server.server_address[1]}'
-    server.shutdown()
+def make_cifar10(where, srv, md5):
+    """`make cifar10` run in the folder `where`, curl fetching from the folder srv by file:// URL."""
+    where.mkdir()
+    return subprocess.run(['make', '-s', '-f', os.path.join(ROOT, 'Makefile'), '-C', str(where), 'cifar10',
+                           f'CIFAR_URL=file://{srv}', f'CIFAR_MD5_10={md5}', f'PYTHON={sys.executable}'],
+                          capture_output=True, text=True, timeout=120)
 
 
-def test_cifar_download_verifies_md5(tmp_path, http_dir, capsys):
-    root, base = http_dir
-    write_cifar_tar(root / 'cifar-10-python.tar.gz')
-    good = hashlib.md5((root / 'cifar-10-python.tar.gz').read_bytes()).hexdigest()
-    cache = tmp_path / 'cache'
-    cfg = cfg_for(data='cifar10', data_dir=str(cache))
-    with pytest.raises(jepa.UserError, match='wrong md5'):
-        jepa.load_cifar(cfg, url=f'{base}/cifar-10-python.tar.gz', md5='0' * 32)
-    assert not any(cache.iterdir()), "nothing unverified may stay in the cache"
-    d = jepa.load_cifar(cfg, url=f'{base}/cifar-10-python.tar.gz', md5=good)
-    assert d['train_x'].shape[0] == 30 and 'downloading' in capsys.readouterr().out
-    assert (cache / 'cifar-10-python.tar.gz').exists()
-    jepa.load_cifar(cfg, url=f'{base}/missing.tar.gz', md5=good)  # cached: no second download
+def test_make_cifar10_downloads_verifies_md5_and_keeps_nothing_unverified(tmp_path, monkeypatch):
+    (tmp_path / 'srv').mkdir()
+    write_cifar_tar(tmp_path / 'srv' / 'cifar-10-python.tar.gz')
+    r = make_cifar10(tmp_path / 'bad', tmp_path / 'srv', md5='0' * 32)
+    assert r.returncode != 0 and 'md5' in r.stderr, r.stderr
+    assert not list((tmp_path / 'bad' / 'data').iterdir()), "nothing unverified may stay"
+    good = hashlib.md5((tmp_path / 'srv' / 'cifar-10-python.tar.gz').read_bytes()).hexdigest()
+    r = make_cifar10(tmp_path / 'ok', tmp_path / 'srv', md5=good)
+    assert r.returncode == 0, r.stderr
+    monkeypatch.chdir(tmp_path / 'ok')  # --data=cifar10 without --data_dir reads data/cifar-10-python.tar.gz
+    assert jepa.load_cifar(cfg_for(data='cifar10'))['train_x'].shape[0] == 30
 
 
-def test_cifar_download_failure_is_a_clear_error(tmp_path, http_dir):
-    _, base = http_dir
-    with pytest.raises(jepa.UserError, match='could not download'):
-        jepa.load_cifar(cfg_for(data='cifar10', data_dir=str(tmp_path / 'c')), url=f'{base}/nothing.tar.gz')
+def test_cifar_without_its_archive_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(jepa.UserError, match='make cifar100'):
+        jepa.load_cifar(cfg_for(data='cifar100'))
 
 
 def jpeg(color, mode='RGB', size=(64, 64)):
@@ -165,29 +159,6 @@ def test_shapes_dataset_is_deterministic_and_balanced():
     # colour alone does not tell the classes apart: mean colour per class is nearly the same
     means = torch.stack([x1[y1 == c].float().mean((0, 2, 3)) for c in range(len(jepa.SHAPES))])
     assert (means.max(0).values - means.min(0).values).max() < 40
-
-
-def test_cifar_is_downloaded_by_the_first_process_only(tmp_path, http_dir, monkeypatch):
-    """Under torchrun every rank reads the same cache folder: rank 0 downloads, the others wait at a barrier and
-    read its file (two ranks writing one .part file used to collide)."""
-    root, base = http_dir
-    write_cifar_tar(root / 'cifar-10-python.tar.gz')
-    good = hashlib.md5((root / 'cifar-10-python.tar.gz').read_bytes()).hexdigest()
-    calls, barriers = [], []
-    real = jepa.download
-    monkeypatch.setattr(jepa, 'download', lambda *a: (calls.append(a), real(*a)))
-    monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
-    monkeypatch.setattr(torch.distributed, 'barrier', lambda: barriers.append(1))
-    cache = tmp_path / 'cache'
-    for rank in (1, 0):  # rank 1 first: it must not download; with no file yet it stops with a clear error
-        monkeypatch.setattr(torch.distributed, 'get_rank', lambda rank=rank: rank)
-        cfg = cfg_for(data='cifar10', data_dir=str(cache))
-        if rank == 1:
-            with pytest.raises(jepa.UserError, match='first process could not download'):
-                jepa.load_cifar(cfg, url=f'{base}/cifar-10-python.tar.gz', md5=good)
-        else:
-            assert jepa.load_cifar(cfg, url=f'{base}/cifar-10-python.tar.gz', md5=good)['train_x'].shape[0] == 30
-    assert len(calls) == 1 and len(barriers) == 2
 
 
 def test_make_tin40_builds_a_class_subset_and_its_splits(tmp_path, capsys):

@@ -1,17 +1,12 @@
 """Runs that stop: SIGKILL at random moments never leaves an unloadable newest checkpoint; non-finite losses stop
-the run with the step and term named; torchrun with 2 CPU processes (gloo) gives the single-process SIGReg and
-trains."""
+the run with the step and term named."""
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import jepa
 import probe
@@ -75,50 +70,3 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_checkpoint(tmp_path,
     assert code == 2 and 'non-finite' in err and 'at step' in err and 'Traceback' not in err, err
     assert jepa.list_checkpoints(str(tmp_path / 'r')) == good  # nothing written after the bad step
     jepa.load_checkpoint(good[-1])
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _sigreg_worker(rank, world, port, X, out):
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)
-    torch.manual_seed(0)
-    proj = torch.nn.Linear(X.shape[1], 16, bias=False).double()  # a shared parameter, as under DDP
-    shard = X.chunk(world)[rank]
-    value = jepa.sigreg(proj(shard), step=3)
-    value.backward()
-    dist.all_reduce(proj.weight.grad)  # what DDP does: average the parameter gradients over ranks
-    out[rank] = torch.cat([value.detach().view(1), (proj.weight.grad / world).flatten()])
-    dist.destroy_process_group()
-
-
-def test_distributed_sigreg_equals_single_process_on_the_whole_batch():
-    X = torch.randn(64, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    out = mp.Manager().dict()
-    mp.spawn(_sigreg_worker, args=(2, free_port(), X, out), nprocs=2, join=True)
-    torch.manual_seed(0)
-    proj = torch.nn.Linear(8, 16, bias=False).double()
-    value = jepa.sigreg(proj(X), step=3)
-    value.backward()
-    single = torch.cat([value.detach().view(1), proj.weight.grad.flatten()])
-    for rank in (0, 1):
-        err = (out[rank] - single).abs().max().item()
-        print(f"rank {rank}: max |distributed - single| = {err:.2e} (value and gradient)")
-        assert err < 1e-10
-
-
-def test_torchrun_two_cpu_processes_train_and_checkpoint(tmp_path):
-    data = tiny_folder(tmp_path / 'imgs')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           os.path.join(ROOT, 'jepa.py')] + TINY + ['--data=folder', f'--data_dir={data}', '--batch_size=6',
-                                                   '--steps=12', '--method=lejepa', f'--out_dir={tmp_path / "r"}']
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS='1'))
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert 'x 2 processes' in r.stdout
-    ckpts = jepa.list_checkpoints(str(tmp_path / 'r'))
-    assert ckpts and jepa.load_checkpoint(ckpts[-1])['step'] == 12
-    probe.model_from_checkpoint(jepa.load_checkpoint(ckpts[-1]))

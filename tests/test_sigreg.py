@@ -113,7 +113,7 @@ def test_rotating_embeddings_equals_rotating_directions(seed, n, d):
 
 @given(seed=st.integers(0, 10_000), shard=st.integers(1, 60), shards=st.integers(2, 4), m=st.integers(1, 8))
 def test_shard_means_average_to_the_full_batch(seed, shard, shards, m):
-    """What the all-reduce does under DDP: equal shards' characteristic-function means, averaged."""
+    """The sums decompose over equal shards of the batch (the kernel's row ranges, a data-parallel all-reduce)."""
     y = draw(seed, shard * shards, m)
     t, phi, w = jepa.ep_knots(dtype=F64)
     parts = [jepa.cf_sums(p, t) for p in y.chunk(shards)]
@@ -170,7 +170,7 @@ def test_sigreg_is_fp32_under_bf16_autocast(kernels):
 
 def test_sigreg_directions_have_a_stream_of_their_own(monkeypatch):
     """The directions of step s come from a seed of their own: no step's augmentation and mask generator (any
-    step, rank 0 or 1) starts from it. Seeded `seed * c + step` against `seed * c + step + 1`, step s's
+    step) starts from it. Seeded `seed * c + step` against `seed * c + step + 1`, step s's
     directions replayed step s-1's crops and masks."""
     seeds, real = [], torch.Generator
 
@@ -186,9 +186,8 @@ def test_sigreg_directions_have_a_stream_of_their_own(monkeypatch):
             seeds.clear()
             jepa.sigreg(z, step, num_slices=4, seed=seed)
             sigreg_seeds.update(seeds)
-            for rank in (0, 1):
-                seeds.clear()
-                jepa.step_generator(seed, step, 'cpu', rank)
-                step_seeds.update(seeds)
-        assert len(sigreg_seeds) == 20 and len(step_seeds) == 40
+            seeds.clear()
+            jepa.step_generator(seed, step, 'cpu')
+            step_seeds.update(seeds)
+        assert len(sigreg_seeds) == 20 and len(step_seeds) == 20
         assert not sigreg_seeds & step_seeds
