@@ -12,8 +12,8 @@ Papers: I-JEPA (Assran et al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJE
 2025), oi-VAE (Ainsworth et al. 2018), RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every
 definition used here.
 """
-import copy, difflib, functools, hashlib, importlib.metadata, importlib.util, io, json, math, os, pathlib, pickle
-import random, re, sys, tarfile, time, zipfile, zlib
+import copy, difflib, functools, hashlib, io, json, math, os, pathlib, pickle, random, re, sys, tarfile, time, zipfile
+import zlib
 from contextlib import nullcontext
 
 import numpy as np
@@ -316,7 +316,7 @@ def prediction_loss(pred, target):
 def ijepa_loss(model, img, cfg, g, step, progress=1.0):
     """I-JEPA (Assran et al. 2023): from a context block, predict the layer-normed teacher features of four target
     blocks; smooth-L1 (beta = 1), as in the official code. The teacher is the EMA encoder (ijepa, sparse) or,
-    for ijepa_sigreg, the encoder itself, with SIGReg on all its patch tokens."""
+    for ijepa_sigreg, the encoder itself, with SIGReg on its pooled features and on all its patch tokens."""
     S = crop_size(progress, cfg)  # lower for the first lowres_frac of training
     img = random_resized_crop(normalize(img), S, (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
     B, gw = img.shape[0], S // cfg['patch_size']
@@ -967,8 +967,8 @@ def read_finite(terms, step, run_dir):
     step leaves the weights non-finite, and so the losses of every later step."""
     values = dict(zip(terms, torch.stack([torch.as_tensor(v).detach().float() for v in terms.values()]).tolist()))
     if bad := [k for k, v in values.items() if not math.isfinite(v)]:
-        raise UserError(f"non-finite {', '.join(bad)} at step {step}: stopped before saving it; the last good checkpoint "
-                        f"in {run_dir} is kept. Try a lower --lr or --triton_kernels=False")
+        raise UserError(f"non-finite {', '.join(bad)} at step {step}: stopped before saving it; the last good "
+                        f"checkpoint in {run_dir} is kept. Try a lower --lr or --triton_kernels=False")
     return values
 
 # =============================================================================
@@ -1017,7 +1017,7 @@ def truncate_log(path, step):
             f.writelines(keep)
 
 def versions(dev):
-    triton = importlib.util.find_spec('triton') and importlib.metadata.version('triton')
+    triton = getattr(sys.modules.get('triton'), '__version__', None)  # the Triton this run loaded, if any
     return {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'triton': triton, 'device': dev,
             'gpu': torch.cuda.get_device_name() if dev.startswith('cuda') else None}
 
