@@ -29,7 +29,7 @@ bench: install  ## IJEPA=path/to/facebookresearch/ijepa puts the official code b
 	$(PYTHON) -c "import kernels.sigreg as k; k.bench()"
 	$(PYTHON) -c "import kernels.attention as k; k.bench()"
 
-compile-check: install  ## registers, spills and shared memory of every kernel launch for sm_80 and sm_90 (no GPU needed)
+compile-check: install  ## registers, spills and shared memory of every kernel launch for sm_80, sm_86, sm_89, sm_90 (no GPU needed)
 	$(PYTHON) -m kernels.compile_check
 
 cifar10: data/cifar-10-python.tar.gz  ## download CIFAR-10 into data/, where --data=cifar10 looks for it

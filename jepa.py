@@ -12,9 +12,9 @@ Papers: I-JEPA (Assran et al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJE
 2025), oi-VAE (Ainsworth et al. 2018), RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every
 definition used here.
 """
-import copy, difflib, functools, hashlib, io, json, math, os, pathlib, pickle, random, re, sys, tarfile, time, zipfile
-import zlib
-from contextlib import nullcontext
+import collections, copy, difflib, functools, hashlib, io, json, math, os, pathlib, pickle, random, re, sys, tarfile
+import time, zipfile, zlib
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ width = 128               # encoder width D
 depth = 4                 # encoder blocks
 heads = 4                 # attention heads; width/heads must be divisible by 4 for 2-D RoPE
 pred_width = 64           # predictor width Dp (the narrow I-JEPA predictor)
-pred_depth = 1            # predictor blocks (1: more steps in a budget, README: How the defaults were chosen)
+pred_depth = 1            # predictor blocks (1: more steps in a budget, README: Why these defaults)
 pred_heads = 2            # predictor heads; pred_width/pred_heads divisible by 4
 # optimisation
 epochs = 8                # passes over the training set
@@ -116,18 +116,6 @@ def rope(x, pos, theta=ROPE_THETA):
         phi = phi.unsqueeze(1)  # (B, 1, N, d/2): the same positions in every head
     xc = torch.view_as_complex(x.to(dt).reshape(*x.shape[:-1], d // 2, 2))  # (B, H, N, d/2) complex
     return torch.view_as_real(xc * torch.polar(torch.ones_like(phi), phi)).flatten(-2).type_as(x)
-
-def kernels_available(device):
-    """Can the Triton kernels run on this device? On CUDA when triton imports; on CPU only in Triton's
-    interpreter (TRITON_INTERPRET=1), which runs them slowly but exactly as written (tests use that)."""
-    device = torch.device(device)
-    if device.type == 'cuda' or (device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1'):
-        try:
-            import kernels.attention, kernels.sigreg  # noqa: F401, E401  (a triton that does not import: no kernels)
-            return True
-        except ImportError:
-            pass
-    return False
 
 def visible(seg):
     """seg (N,) segment of each token -> bool (N, N), [query, key]: a key in segment 0 is seen by every query,
@@ -252,9 +240,9 @@ class JEPA(nn.Module):
         return self.target if self.target is not None else self.encoder
 
 def build_model(cfg, dev):
-    """The JEPA of cfg on dev; the Triton kernels only where they can run (kernels_available)."""
+    """The JEPA of cfg on dev; the Triton kernels only where the device policy runs them."""
     torch.manual_seed(cfg['seed'])
-    cfg = dict(cfg, triton_kernels=cfg['triton_kernels'] and kernels_available(dev))
+    cfg = dict(cfg, triton_kernels=device_policy(dev, cfg['triton_kernels']).kernels)
     return JEPA(cfg).to(dev)
 
 # ----------------------------------------------------------------------------- masking (I-JEPA multi-block)
@@ -380,10 +368,10 @@ def sigreg(z, step, num_slices=num_slices, seed=0, kernels=False):
     """SIGReg of embeddings z (N, D) or of several views (V, N, D) (mean over views): mean over M random unit
     directions of the Epps-Pulley statistic. The directions come from a generator seeded by the step, so a resumed
     run draws them again. In fp32 (fp64 for fp64 z) even under autocast, which would run the projection and the
-    quadrature, both matmuls, in bf16."""
+    quadrature, both matmuls, in bf16, and without TF32, which would round their inputs to 10 bits."""
     g = torch.Generator(device=z.device).manual_seed(stream_seed('sigreg', seed, step))  # its own stream
     dt = torch.promote_types(z.dtype, torch.float32)  # fp32, or fp64 for fp64 embeddings
-    with torch.autocast(z.device.type, enabled=False):
+    with torch.autocast(z.device.type, enabled=False), tf32(False):  # true fp32 on CUDA too
         A = F.normalize(torch.randn(z.shape[-1], num_slices, generator=g, device=z.device, dtype=dt), dim=0)  # (D, M)
         y = z.to(dt) @ A  # (N, M) or (V, N, M)
         if y.dim() == 3:  # every view's slices are separate slices of its own: (N, V*M)
@@ -556,13 +544,10 @@ def train(cfg):
     """Pre-train one method; returns (model, data, stats)."""
     dev = pick_device(cfg['device'])
     run_dir = cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev.startswith('cuda') else nullcontext()
-    if cfg['triton_kernels'] and kernels_available(dev):  # a family that fails its self-test runs in PyTorch
-        import kernels
-        kernels.failed.clear()
-        kernels.self_test(torch.device(dev), torch.bfloat16 if dev.startswith('cuda') else torch.float32)
-    print(device_line(cfg, dev))
+    policy = device_policy(dev, cfg['triton_kernels'])
+    if policy.kernels:  # a family that fails its self-test runs in PyTorch
+        self_test_kernels(cfg, dev, policy)
+    print(device_line(dev, policy))
     data = load_data(cfg, dev)
     open_run_dir(run_dir)  # only now: bad data leaves no empty run directory behind
     n_train, B = data['train_x'].shape[0], cfg['batch_size']
@@ -573,82 +558,100 @@ def train(cfg):
     budget = cfg['budget_minutes'] * 60
     model = build_model(cfg, dev)
     opt = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(torch.device(dev).type, enabled=policy.scaler)  # fp16: loss scaling
     params_m = sum(p.numel() for p in model.encoder.parameters()) / 1e6
     print(f"data: {cfg['data']}, {n_train} train / {data['test_x'].shape[0]} test images, {len(data['classes'])} "
           f"classes, {cfg['img_size']}px | method: {cfg['method']} | encoder {params_m:.2f}M params | "
           + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)")
           + (f" | crops {crop_size(0, cfg)} px for the first {cfg['lowres_frac']:.0%}, then {cfg['img_size']}"
              if cfg['method'] in MASKED and crop_size(0, cfg) != cfg['img_size'] else ''))
-    step, elapsed = resume_from_checkpoint(run_dir, cfg, model, opt) if cfg['resume'] else (0, 0.0)
+    step, elapsed = resume_from_checkpoint(run_dir, cfg, model, opt, scaler) if cfg['resume'] else (0, 0.0)
     with open(os.path.join(run_dir, 'config.json'), 'w') as f:
         json.dump({'config': cfg, 'versions': versions(dev)}, f, indent=1)
     if cfg['compile']:
         compile_networks(model)
     log_file = open(os.path.join(run_dir, 'log.jsonl'), 'a')
+    autocast = torch.autocast(torch.device(dev).type, dtype=policy.dtype) if policy.dtype else nullcontext()
+    unchecked = ('grad_norm',) if scaler.is_enabled() else ()  # loss scaling skips a step whose gradient is inf
 
-    def progress():
-        return elapsed / budget if budget else step / max(total, 1)
-
-    def checkpoint(epoch):
-        read_finite({'loss': loss, **logs, 'grad_norm': grad_norm}, step, run_dir)  # never save non-finite weights
+    def checkpoint(epoch, elapsed, terms):
+        read_finite(terms, step, run_dir, unchecked)  # never save non-finite weights
         save_checkpoint(os.path.join(run_dir, f"ckpt_{step:07d}.pt"), {
-            'model': model.state_dict(), 'optimizer': opt.state_dict(), 'config': cfg, 'step': step,
-            'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
+            'model': model.state_dict(), 'optimizer': opt.state_dict(), 'scaler': scaler.state_dict(),
+            'config': cfg, 'step': step, 'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
 
-    t_last, seen, order_epoch, last, warm = time.time(), 0, -1, {}, False
-    timed, timed_s = 0, 0.0  # steps of this process on the clock, and their seconds: the speed in the summary
-    while (progress() < 1) if budget else (step < total):
+    clock, order_epoch, last, mark = Clock(dev, elapsed), -1, {}, None  # mark: (step, elapsed) of the last log line
+    while (clock.elapsed() < budget) if budget else (step < total):
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # a fresh permutation per epoch, seeded by it: resumable
             g = torch.Generator(device=dev).manual_seed(stream_seed('order', cfg['seed'], epoch))
             order, order_epoch = torch.randperm(n_train, generator=g, device=dev), epoch
-        t0 = time.time()
-        p = progress()  # fraction of training done: the schedules and the crop size follow it
+        p = clock.elapsed() / budget if budget else step / max(total, 1)  # the schedules and crop size follow it
         lr_now, wd, momentum = schedules(p, cfg)
         for group in opt.param_groups:
             group['lr'] = lr_now * (cfg['pred_lr'] if group['predictor'] else 1)
             if group['weight_decay'] > 0:
                 group['weight_decay'] = wd
         x = data['train_x'][order[i * B:(i + 1) * B]]  # (B, 3, S, S) uint8
-        with autocast:
+        with autocast, tf32(True):  # TF32 for the step's fp32 matmuls only (SIGReg turns it off for its own)
             loss, logs = model(x, step_generator(cfg['seed'], step, dev), step, p)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float('inf'))  # measures, does not clip
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         if cfg['method'] == 'sparse':
             threshold = lr_now * cfg['pred_lr'] * cfg['group_lambda']  # W's own lr times lambda: the prox of its step
             prox_group_lasso_(model.predictor.embed.weight, cfg['num_groups'], threshold)
         if model.target is not None:
             ema_update(model.target, model.encoder, momentum)
-        step, seen = step + 1, seen + B
-        if warm:
-            dt = time.time() - t0
-            elapsed, timed, timed_s = elapsed + dt, timed + 1, timed_s + dt
-        else:  # the first step compiles (Triton kernels, torch.compile): off the budget clock and the speed
-            if dev.startswith('cuda'):
-                torch.cuda.synchronize(dev)
-            print(f"warm-up: the first step took {time.time() - t0:.1f} s (compiling), off the budget clock")
-            t_last, seen, warm = time.time(), 0, True
-        if step % cfg['log_every'] == 0 or step == total:
-            now = time.time()
-            last = {'step': step, **log_record(model, cfg, step, step / steps_per_epoch, loss, logs, grad_norm,
-                                               (lr_now, wd, momentum), run_dir), 'img_per_s': seen / (now - t_last),
-                    'elapsed_s': elapsed}
-            t_last, seen = now, 0
-            left = (budget - elapsed) if budget else elapsed / step * (total - step)
+        step += 1
+        if mark is None:  # the first step compiles (torch.compile): off the budget clock and the speed
+            print(f"warm-up: the first step took {clock.start(step):.1f} s (compiling), off the budget clock")
+            mark = (step, clock.elapsed())
+        done = (clock.elapsed() >= budget) if budget else step == total
+        if step % cfg['log_every'] == 0 or done:
+            elapsed = clock.elapsed(sync=True)
+            terms = {'loss': loss, **logs, 'grad_norm': grad_norm}
+            last = {'step': step, **log_record(model, cfg, step, step / steps_per_epoch, terms, unchecked,
+                                               (lr_now, wd, momentum), run_dir),
+                    'img_per_s': (step - mark[0]) * B / max(elapsed - mark[1], 1e-9), 'elapsed_s': elapsed}
+            mark = (step, elapsed)
+            left = (budget - elapsed) if budget else (total - step) * (elapsed - clock.before) / max(step - clock.first, 1)
             print(f"step {step}/{total if not budget else '?'} | " + ' | '.join(
                   f"{k} {v:.4g}" for k, v in last.items() if k not in ('step', 'elapsed_s')) +
                   f" | eta {left / 60:.1f} min", flush=True)
             log_file.write(json.dumps(last) + '\n')
             log_file.flush()
-        if step % steps_per_epoch == 0:
-            checkpoint(step // steps_per_epoch)
-    if step % steps_per_epoch != 0:
-        checkpoint(step / steps_per_epoch)
+        if step % steps_per_epoch == 0 or done:
+            checkpoint(step / steps_per_epoch, clock.elapsed(sync=True), {'loss': loss, **logs, 'grad_norm': grad_norm})
+    elapsed = clock.elapsed(sync=True)
     log_file.close()
-    return model, data, {'train_seconds': elapsed, 'img_per_s': timed * B / max(timed_s, 1e-9), 'params_M': params_m,
-                         'steps': step, 'run_dir': run_dir, 'final_loss': last.get('loss', float('nan'))}
+    timed = step - clock.first if clock.first is not None else 0  # this process's steps after its first
+    return model, data, {'train_seconds': elapsed, 'img_per_s': timed * B / max(elapsed - clock.before, 1e-9),
+                         'params_M': params_m, 'steps': step, 'run_dir': run_dir,
+                         'final_loss': last.get('loss', float('nan'))}
+
+
+class Clock:
+    """Training seconds on the budget clock: wall time since the end of this process's first step (which
+    compiles, and is left off), plus the seconds a resumed run had before. With sync=True the GPU finishes its
+    queued work first, so it is counted; without, the host's estimate, which steers a budget run between logs."""
+    def __init__(self, dev, before):
+        self.dev, self.before, self.t0, self.first, self.made = dev, before, None, None, time.time()
+
+    def elapsed(self, sync=False):
+        if sync and self.dev.startswith('cuda'):
+            torch.cuda.synchronize(self.dev)
+        return self.before + (time.time() - self.t0 if self.t0 is not None else 0.0)
+
+    def start(self, step):
+        """After this process's first step, which ended at `step` -> that step's seconds."""
+        self.elapsed(sync=True)
+        self.t0, self.first = time.time(), step
+        return self.t0 - self.made
+
 
 # ----------------------------------------------------------------------------- summary
 def summarize(model, data, cfg, stats):
@@ -681,7 +684,7 @@ def extract_features(model, images, batch_size=512):
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev.type == 'cuda' else nullcontext()
+    autocast = torch.autocast(dev.type, dtype) if (dtype := device_policy(str(dev), False).dtype) else nullcontext()
     out = []
     for x in images.split(batch_size):
         with autocast:
@@ -918,15 +921,67 @@ def load_data(cfg, dev):
 
 # =============================================================================
 # plumbing: the training loop's set-up helpers
-def device_line(cfg, dev):
-    """What trains where: device, precision, and the attention and SIGReg paths (after the self-test)."""
-    on_cuda, on = dev.startswith('cuda'), cfg['triton_kernels'] and kernels_available(dev)
-    path = lambda family, other: 'Triton' if on and family not in __import__('kernels').failed else other  # noqa: E731
-    return (f"device: {dev}, {'bf16 autocast' if on_cuda else 'fp32'}, {path('attention', 'SDPA')} attention, "
-            f"{path('sigreg', 'PyTorch')} SIGReg" + (" (Triton's interpreter)" if on and not on_cuda else ''))
+@functools.cache
+def kernels_available(device_type):
+    """Can the Triton kernels run on this kind of device? On CUDA when they import; on CPU only in Triton's
+    interpreter (TRITON_INTERPRET=1), slowly but exactly as written (tests use that). No triton: quietly no; a
+    triton too old for the kernels: no, with one warning."""
+    if device_type != 'cuda' and not (device_type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1'):
+        return False
+    try:
+        import kernels.attention, kernels.sigreg  # noqa: F401, E401
+    except ImportError as e:
+        if e.name != 'triton':
+            print(f"warning: the Triton kernels do not import ({e}): they need triton >= 3.8", file=sys.stderr)
+        return False
+    return True
 
-def resume_from_checkpoint(run_dir, cfg, model, opt):
-    """Load the newest checkpoint of run_dir into model and opt -> (step, elapsed seconds)."""
+Policy = collections.namedtuple('Policy', 'dtype scaler kernels why')
+
+def device_policy(dev, kernels=True, capability=None):
+    """How a run computes on dev -> Policy(autocast dtype or None, gradient scaler?, Triton kernels?, why). CUDA from
+    sm_80: bf16, kernels. Below (T4, V100): fp16 with a gradient scaler (bf16 is emulated there), no kernels (Triton
+    makes no tensor-core dots below sm_80). CPU, MPS: fp32. capability (major, minor): read from dev if None."""
+    if not str(dev).startswith('cuda'):
+        on = kernels and kernels_available(torch.device(dev).type)
+        return Policy(None, False, on, 'fp32' + (", Triton's interpreter" if on else ''))
+    major, minor = capability or torch.cuda.get_device_capability(dev)
+    if (major, minor) >= (8, 0):
+        return Policy(torch.bfloat16, False, kernels and kernels_available('cuda'), f'sm_{major}{minor}: bf16 autocast')
+    return Policy(torch.float16, True, False, f'sm_{major}{minor}: fp16 autocast with loss scaling (no native bf16), '
+                  'Triton kernels off (no tensor-core dots below sm_80)')
+
+def self_test_kernels(cfg, dev, policy):
+    """The kernels' start-up self-test (kernels.self_test) on what this run launches: attention as (head dim,
+    heads, longest sequence, segments?) for the encoder and the predictor, SIGReg as the (N, M) it sums over."""
+    import kernels
+    L = (cfg['img_size'] // cfg['patch_size']) ** 2  # the longest sequence: a whole image (the predictor's
+    uses = [(cfg['width'] // cfg['heads'], cfg['heads'], L, False)]  # context and targets never add up to more)
+    if cfg['method'] in MASKED:
+        uses.append((cfg['pred_width'] // cfg['pred_heads'], cfg['pred_heads'], L, True))
+    B, M, sides = cfg['batch_size'], cfg['num_slices'], sorted({crop_size(0, cfg), cfg['img_size']})
+    shapes = {'lejepa': [(B, (cfg['global_views'] + cfg['local_views']) * M)],
+              'ijepa_sigreg': [(B, M)] + [(B * (S // cfg['patch_size']) ** 2, M) for S in sides]}
+    kernels.failed.clear()
+    kernels.self_test(torch.device(dev), policy.dtype or torch.float32, uses, shapes.get(cfg['method'], []))
+
+def device_line(dev, policy):
+    """What trains where: device, precision, and the attention and SIGReg paths (after the self-test)."""
+    path = lambda family, other: 'Triton' if policy.kernels and family not in sys.modules['kernels'].failed else other  # noqa: E731
+    name = f" ({torch.cuda.get_device_name(dev)})" if dev.startswith('cuda') else ''
+    return f"device: {dev}{name}, {policy.why}, {path('attention', 'SDPA')} attention, {path('sigreg', 'PyTorch')} SIGReg"
+
+@contextmanager
+def tf32(enabled):
+    """TF32 tensor-core matmuls for fp32 tensors on CUDA inside the block only; the previous setting comes back."""
+    before, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+def resume_from_checkpoint(run_dir, cfg, model, opt, scaler):
+    """Load the newest checkpoint of run_dir into model, opt and the gradient scaler -> (step, elapsed seconds)."""
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         raise UserError(f"--resume=True but {run_dir} has no checkpoint: drop --resume or point --out_dir at a run")
@@ -934,6 +989,8 @@ def resume_from_checkpoint(run_dir, cfg, model, opt):
     check_compatible(ck['config'], cfg, ckpts[-1])
     model.load_state_dict(ck['model'])
     opt.load_state_dict(ck['optimizer'])
+    if ck.get('scaler'):
+        scaler.load_state_dict(ck['scaler'])
     truncate_log(os.path.join(run_dir, 'log.jsonl'), ck['step'])
     print(f"resumed from {ckpts[-1]} at step {ck['step']}")
     return ck['step'], ck['elapsed']
@@ -949,24 +1006,24 @@ def compile_networks(model):
         if net is not None:
             net.compile(dynamic=True)
 
-def log_record(model, cfg, step, epoch, loss, logs, grad_norm, schedule, run_dir):
+def log_record(model, cfg, step, epoch, terms, unchecked, schedule, run_dir):
     """One log line's numbers: losses and their terms, gradient norm, schedules, SparseJEPA's group sparsity."""
     lr_now, wd, momentum = schedule
-    terms = {'loss': loss, **logs, 'grad_norm': grad_norm}
     if cfg['method'] == 'sparse':
         W = model.predictor.embed.weight
         terms.update(omega=group_lasso(W, cfg['num_groups']), group_sparsity=group_sparsity(W, cfg['num_groups']))
-    rec = {'epoch': round(epoch, 3), **read_finite(terms, step, run_dir), 'lr': lr_now, 'wd': wd}
+    rec = {'epoch': round(epoch, 3), **read_finite(terms, step, run_dir, unchecked), 'lr': lr_now, 'wd': wd}
     if model.target is not None:
         rec['momentum'] = momentum
     return rec
 
-def read_finite(terms, step, run_dir):
+def read_finite(terms, step, run_dir, unchecked=()):
     """Scalar tensors -> numbers, in one device-to-host copy (one synchronisation per log line). A NaN or inf stops
     the run before anything is saved; checking at log lines and checkpoints only is enough, because a non-finite
-    step leaves the weights non-finite, and so the losses of every later step."""
+    step leaves the weights non-finite, and so the losses of every later step. unchecked: terms allowed to be (the
+    gradient norm under loss scaling, whose inf steps the scaler skips)."""
     values = dict(zip(terms, torch.stack([torch.as_tensor(v).detach().float() for v in terms.values()]).tolist()))
-    if bad := [k for k, v in values.items() if not math.isfinite(v)]:
+    if bad := [k for k, v in values.items() if not math.isfinite(v) and k not in unchecked]:
         raise UserError(f"non-finite {', '.join(bad)} at step {step}: stopped before saving it; the last good "
                         f"checkpoint in {run_dir} is kept. Try a lower --lr or --triton_kernels=False")
     return values

@@ -56,14 +56,17 @@ def run_or_fall_back(family, config, kernel_call, fallback_call):
     return fallback_call()
 
 
-def self_test(device, dtype):
-    """Before training: a tiny forward and backward through each kernel family on the run's device (attention in
-    the run's compute dtype, SIGReg in fp32), compared with the PyTorch reference, then a synchronisation so
-    that an asynchronous launch error surfaces here. Any exception (no C compiler to build Triton's launcher,
-    no libcuda, a CUDA launch error, a compile error) or a mismatch switches that family off with one warning.
-    -> {family: None, or the error}."""
+def self_test(device, dtype, attention_uses=((16, 2, 21, True),), sigreg_shapes=((300, 20),)):
+    """Before training: forward and backward through each kernel family on the run's device, for every kernel
+    variant the run will launch (attention in the run's compute dtype for attention_uses, see
+    attention.variants; SIGReg in fp32 for its (N, M) shapes), compared with the PyTorch reference, then a
+    synchronisation so that an asynchronous launch error surfaces here. Any exception (an unsupported head dim,
+    no C compiler to build Triton's launcher, no libcuda, a CUDA launch error, a compile error) or a mismatch
+    switches that family off with one warning. -> {family: None, or the error}."""
     from kernels import attention, sigreg
-    for family, test in (('attention', lambda: attention.self_test(device, dtype)), ('sigreg', lambda: sigreg.self_test(device))):
+    tests = {'attention': lambda: attention.self_test(device, dtype, attention_uses),
+             'sigreg': lambda: sigreg.self_test(device, sigreg_shapes)}
+    for family, test in tests.items():
         if family in failed:
             continue
         try:
@@ -72,4 +75,4 @@ def self_test(device, dtype):
                 torch.cuda.synchronize(device)
         except Exception as e:  # noqa: BLE001  anything at all: the run goes on without this family
             fail(family, f"self-test on {device}", e)
-    return {family: failed.get(family) for family in ('attention', 'sigreg')}
+    return {family: failed.get(family) for family in tests}

@@ -1,7 +1,7 @@
 """
 What the GPU compiler makes of our kernels, seen from a machine without a GPU.
 
-    python -m kernels.compile_check            # the table: every launch, for sm_80 (A100) and sm_90 (H100)
+    python -m kernels.compile_check            # the table: every launch, for every GPU generation in TARGETS
     python -m kernels.compile_check --check    # the same, and exit 1 if a rule below is broken (a test runs this)
 
 The kernel APIs (kernels.attention.attention forward + backward, kernels.sigreg.cf_sums forward + backward) are
@@ -11,10 +11,15 @@ Each distinct launch is then compiled by Triton's own compiler for a GPUTarget -
 its cubin read by the cuobjdump that ships inside the triton wheel: registers per thread, STACK and LOCAL bytes
 (register spills go there) and shared memory per block.
 
-Rules (--check): every launch compiles for both targets; shared memory fits the card's per-block limit for
-every dtype; no spill bytes (STACK + LOCAL = 0) for fp16/bf16 attention and for the SIGReg kernels. fp32
-attention may spill: it is the exact-fp32 path (tests, the CPU interpreter), not what training runs on a GPU
-(bf16 autocast).
+Targets: the A100 (sm_80), RTX 30 / A10 (sm_86), RTX 40 / L4 (sm_89) and H100 (sm_90), each with its shared
+memory per block and the dtypes that can reach the kernels there (training runs bf16; fp16 and fp32 are the
+kernel API's other inputs, checked on the two datacenter cards). The T4 and V100 (sm_75, sm_70) are not
+targets: jepa.device_policy turns the kernels off below sm_80, where Triton makes no tensor-core dots (its
+dots become FMA loops, which spill hundreds of bytes per thread).
+
+Rules (--check): every launch compiles for every target; shared memory fits the card's per-block limit; no
+spill bytes (STACK + LOCAL = 0) for fp16/bf16 attention and for the SIGReg kernels. fp32 attention may spill:
+it is the exact-fp32 path (tests, the CPU interpreter), not what training runs on a GPU (bf16 autocast).
 """
 import argparse
 import os
@@ -25,9 +30,6 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-if os.environ.get('TRITON_INTERPRET') == '1':  # the interpreter replaces @triton.jit: nothing to compile
-    sys.exit("kernels/compile_check.py compiles real kernels: run it without TRITON_INTERPRET=1")
-
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
@@ -35,16 +37,21 @@ from triton.compiler import ASTSource
 
 from kernels import attention as attention_mod, sigreg as sigreg_mod
 
-TARGETS = {'sm_80': 80, 'sm_90': 90}
-SHARED_LIMIT = {'sm_80': 166_912, 'sm_90': 232_448}  # bytes per block with opt-in (A100, H100)
+# target: (compute capability, shared memory per block with opt-in in bytes, attention dtypes checked there)
+TARGETS = {'sm_80': (80, 166_912, (torch.bfloat16, torch.float32)),
+           'sm_86': (86, 101_376, (torch.bfloat16,)),
+           'sm_89': (89, 101_376, (torch.bfloat16,)),
+           'sm_90': (90, 232_448, (torch.bfloat16, torch.float16, torch.float32))}
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')
 
-# What training launches: ViT heads of d = 16..128 (README seeds: d = 32 predictor, 32 and 64 encoders), full
-# grids of 64 and 256 tokens, gathered contexts and predictor sequences (with segments) of any length in
-# between; SIGReg on batches up to 4096 with up to 1024 slices.
+# What training launches: ViT heads of d = 8..128 (the defaults: d = 32 encoder and predictor; the official
+# ViT-Tiny size d = 64, 24 and 48 by other widths), always with RoPE positions: full grids, gathered contexts and
+# predictor sequences (with segments) of every length class up to 256 tokens (the blocks they take, one block or
+# several, odd and even lengths); SIGReg on batches up to 4096 with up to 1024 slices. Attention dtypes: per
+# target, above; fp32 (the exact path of the tests) at the tile widths only.
 GRID = {
-    'attention': dict(dtype=(torch.bfloat16, torch.float16, torch.float32), d=(16, 32, 64, 128),
-                      N=(20, 50, 64, 65, 130, 256), pos=('none', 'shared', 'batch', 'batch+seg')),
+    'attention': dict(d=(8, 16, 24, 32, 48, 64, 128), fp32_d=(16, 32, 64, 128), N=(20, 50, 65, 130),
+                      pos=('shared', 'batch+seg')),
     'sigreg': dict(dtype=(torch.float32, torch.bfloat16), NM=((64, 32), (512, 256), (4096, 1024))),
 }
 
@@ -74,17 +81,17 @@ def record(module, call, config):
     return log
 
 
-def attention_launches():
+def attention_launches(dtypes):
     g = GRID['attention']
-    for dtype in g['dtype']:
-        for d in g['d']:
+    for dtype in dtypes:
+        for d in g['fp32_d'] if dtype == torch.float32 else g['d']:
             for N in g['N']:
                 for pos_kind in g['pos']:
                     B, H = 2, 2
                     q, k, v = (torch.zeros(B, H, N, d, dtype=dtype, requires_grad=True) for _ in range(3))
                     idx = torch.arange(N)
                     grid = torch.stack([idx % 16, idx // 16], -1)
-                    pos = {'none': None, 'shared': grid}.get(pos_kind, grid.expand(B, N, 2))
+                    pos = grid if pos_kind == 'shared' else grid.expand(B, N, 2)
                     seg = idx % 5 if pos_kind == 'batch+seg' else None  # the I-JEPA predictor's segments
 
                     def call():
@@ -107,7 +114,7 @@ def compile_one(job):
     fn_name, config, args, meta, target_name = job
     module_name, name = fn_name.rsplit('.', 1)
     fn = getattr(sys.modules[module_name], name)
-    target = GPUTarget('cuda', TARGETS[target_name], 32)
+    target = GPUTarget('cuda', TARGETS[target_name][0], 32)
     signature, constexprs, attrs, options = specialization(fn, args, meta)
     row = dict(kernel=fn.__name__, config=config, target=target_name,
                meta=' '.join(f"{k}={v}" for k, v in meta.items() if k not in ('DOT', 'PREC')))
@@ -166,11 +173,11 @@ def specialization(fn, args, meta):
     return signature, constexprs, attrs, options
 
 
-def launches():
-    """Every distinct launch of both APIs over GRID (as Triton's cache tells them apart), named by the first
-    configuration that makes it."""
+def launches(target):
+    """Every distinct launch of both APIs over GRID on a target (as Triton's cache tells them apart), named by
+    the first configuration that makes it."""
     seen = {}
-    for fn, config, args, meta in list(attention_launches()) + list(sigreg_launches()):
+    for fn, config, args, meta in list(attention_launches(TARGETS[target][2])) + list(sigreg_launches()):
         signature, constexprs, attrs, options = specialization(fn, args, meta)
         key = (fn.__name__, str(signature), str(sorted(constexprs.items(), key=str)), str(attrs), str(options))
         seen.setdefault(key, (fn, config, args, meta))
@@ -185,8 +192,9 @@ def violations(row):
     if row['error']:
         return [f"does not compile: {row['error']}"]
     out = []
-    if row['shared'] > SHARED_LIMIT[row['target']]:
-        out.append(f"shared memory {row['shared']} B > {SHARED_LIMIT[row['target']]} B per block")
+    limit = TARGETS[row['target']][1]
+    if row['shared'] > limit:
+        out.append(f"shared memory {row['shared']} B > {limit} B per block")
     if row['spill'] and must_not_spill(row):
         out.append(f"spills {row['spill']} B per thread")
     return out
@@ -197,9 +205,12 @@ def main(argv=None):
     ap.add_argument('--check', action='store_true', help='exit 1 if any launch breaks a rule (see the module docstring)')
     ap.add_argument('--jobs', type=int, default=os.cpu_count(), help='compiler processes (default: all cores)')
     a = ap.parse_args(argv)
-    jobs = [(f"{fn.__module__}.{fn.__name__}", config, args, meta, t) for fn, config, args, meta in launches() for t in TARGETS]
-    print(f"compiling {len(jobs)} launches ({len(jobs) // len(TARGETS)} x {', '.join(TARGETS)}) with triton "
-          f"{triton.__version__}, {a.jobs} processes", flush=True)
+    if os.environ.get('TRITON_INTERPRET') == '1':  # the interpreter replaces @triton.jit: nothing to compile
+        sys.exit("kernels/compile_check.py compiles real kernels: run it without TRITON_INTERPRET=1")
+    jobs = [(f"{fn.__module__}.{fn.__name__}", config, args, meta, t) for t in TARGETS
+            for fn, config, args, meta in launches(t)]
+    print(f"compiling {len(jobs)} launches for {', '.join(TARGETS)} with triton {triton.__version__}, {a.jobs} "
+          "processes", flush=True)
     t0 = time.time()
     with ProcessPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(compile_one, jobs))
@@ -212,6 +223,12 @@ def main(argv=None):
         nums = (f"{r['regs']:>4} {r['spill']:>7} {r['shared']:>8}" if not r['error'] else f"{'-':>4} {'-':>7} {'-':>8}")
         print(f"{r['kernel']:<15} {r['config']:<32} {r['target']:<6} {r['meta']:<44} {nums}  {'; '.join(problems)}")
     ok = [r for r in rows if not r['error']]
+    for t in TARGETS:
+        mine = [r for r in ok if r['target'] == t]
+        print(f"{t}: {sum(r['target'] == t for r in rows)} compiles, {sum(r['spill'] > 0 for r in mine)} spill "
+              f"({sum(r['spill'] > 0 for r in mine if must_not_spill(r))} of them 16-bit attention or SIGReg), "
+              f"largest shared memory {max((r['shared'] for r in mine), default=0)} B of {TARGETS[t][1]}, "
+              f"most registers {max((r['regs'] for r in mine), default=0)}")
     print(f"\n{len(rows)} compiles in {time.time() - t0:.0f} s: {len(rows) - len(ok)} failed, "
           f"{sum(r['spill'] > 0 for r in ok)} spill (largest {max((r['spill'] for r in ok), default=0)} B, "
           f"{sum(r['spill'] > 0 for r in ok if must_not_spill(r))} of them 16-bit attention or SIGReg), "

@@ -201,20 +201,22 @@ def epps_pulley(y, num_knots=17):
     return n * (((cos_sum / n - phi) ** 2 + (sin_sum / n) ** 2) @ w)
 
 
-def self_test(device):
-    """A tiny statistic and its gradient, (N, M) = (300, 20) in fp32, through the kernels against the PyTorch
-    reference in fp64; raises on any error or a mismatch."""
-    y = torch.randn(300, 20, generator=torch.Generator().manual_seed(0))
-    y_dev = y.to(device, copy=True)
-    cos_sum, sin_sum = cf_sums_fwd(y_dev, 17, 3 / 16)
-    dy = cf_sums_bwd(y_dev, torch.ones_like(cos_sum), torch.ones_like(sin_sum), 3 / 16)
-    y_ref = y.double().requires_grad_()
-    expected = cf_sums_reference(y_ref, knots(17, torch.float64)[0])
-    sum(e.sum() for e in expected).backward()
-    for name, a, b in zip(('cos sums', 'sin sums', 'gradient'), (cos_sum, sin_sum, dy), (*expected, y_ref.grad)):
-        err = ((a.detach().double().cpu() - b.detach()).norm() / b.detach().norm()).item()
-        if not err < 1e-4:  # a NaN fails too
-            raise AssertionError(f"{name} differ from the reference by {err:.2g} (relative)")
+def self_test(device, shapes=((300, 20),)):
+    """The sums and their gradient for each (N, M) in shapes (the run's own: Triton specialises on N and M) in
+    fp32, through the kernels against the PyTorch reference in fp64; raises on any error or a mismatch."""
+    for N, M in shapes:
+        y = torch.randn(N, M, generator=torch.Generator().manual_seed(N + M))
+        y_dev = y.to(device, copy=True)
+        cos_sum, sin_sum = cf_sums_fwd(y_dev, 17, 3 / 16)
+        g_cos, g_sin = (torch.randn(M, 17, generator=torch.Generator().manual_seed(i)) for i in (1, 2))
+        dy = cf_sums_bwd(y_dev, g_cos.to(device), g_sin.to(device), 3 / 16)
+        y_ref = y.double().requires_grad_()
+        expected = cf_sums_reference(y_ref, knots(17, torch.float64)[0])
+        ((expected[0] * g_cos.double()).sum() + (expected[1] * g_sin.double()).sum()).backward()
+        for name, a, b in zip(('cos sums', 'sin sums', 'gradient'), (cos_sum, sin_sum, dy), (*expected, y_ref.grad)):
+            err = ((a.detach().double().cpu() - b.detach()).norm() / b.detach().norm()).item()
+            if not err < 1e-4:  # a NaN fails too
+                raise AssertionError(f"{name} differ from the reference by {err:.2g} (relative) at (N, M) = {(N, M)}")
 
 # ----------------------------------------------------------------------------- benchmark
 
@@ -226,13 +228,16 @@ def bench(sizes=((1024, 256), (1024, 1024), (4096, 256), (4096, 1024), (16384, 2
         print("kernels/sigreg.py bench: needs a CUDA GPU (the interpreter is for correctness, not speed)")
         return
     from triton.testing import do_bench
+    import kernels  # the self-test first: a kernel that fails it is timed as what runs instead, and named so
+    kernels.self_test(torch.device('cuda'), torch.bfloat16, [], sizes)
+    fused = 'fused' if 'sigreg' not in kernels.failed else 'FELL BACK'
     compiled = torch.compile(epps_pulley_reference)
     print(f"SIGReg Epps-Pulley, T = 17, {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     print(f"{'N':>6} {'M':>5} | {'impl':>8} | {'fwd ms':>8} | {'fwd+bwd ms':>10} | {'peak MiB':>8} | {'rel err':>8}")
     for N, M in sizes:
         y0 = torch.randn(N, M, device='cuda')
         ref = epps_pulley_reference(y0.double())
-        for name, fn in (('naive', epps_pulley_reference), ('compiled', compiled), ('fused', epps_pulley)):
+        for name, fn in (('naive', epps_pulley_reference), ('compiled', compiled), (fused, epps_pulley)):
             y = y0.clone().requires_grad_()
             fn(y).sum().backward()  # warm-up and compile off the clock
             fwd = do_bench(lambda: fn(y), return_mode='median')

@@ -106,10 +106,19 @@ def test_reference_rope_equals_jepa_rope():
     torch.testing.assert_close(K.rope_reference(x, pos), jepa.rope(x, pos))
 
 
+@pytest.mark.parametrize('d', [4, 8, 12, 24, 48, 96])
+def test_head_dims_between_the_tile_widths(d):
+    """A head dim that is no tile width runs the next one (d = 24 on 32-wide tiles) with the extra channels
+    masked: values, gradients and the RoPE frequencies are those of d, with and without segments."""
+    check(2, 2, 37, d, torch.float32, use_pos=True, per_batch=True, seed=d)
+    check(1, 2, 29, d, torch.float32, use_pos=True, per_batch=True, seed=d + 1, seg=predictor_segments(9, 4, 5))
+
+
 def test_bad_shapes_are_rejected():
-    q = torch.randn(1, 1, 4, 24, device=DEV)
-    with pytest.raises(ValueError, match='head dim'):
-        K.attention(q, q, q)
+    for d in (6, 256):  # RoPE needs d % 4 == 0; the widest tile is 128
+        q = torch.randn(1, 1, 4, d, device=DEV)
+        with pytest.raises(ValueError, match='head dim'):
+            K.attention(q, q, q)
     q = torch.randn(1, 1, 4, 16, device=DEV)
     with pytest.raises(ValueError, match='pos must be'):
         K.attention(q, q, q, torch.zeros(5, 2, dtype=torch.long, device=DEV))

@@ -126,3 +126,64 @@ def test_a_failing_self_test_gives_one_warning_and_a_pytorch_run(tiny_args, tmp_
     assert all(counts[n] > 1 for n in other), counts  # the other family still ran its kernels
     for a, b in zip(plain, fused):
         assert b['loss'] == pytest.approx(a['loss'], rel=LOSS_RTOL), (a, b)
+
+
+class Specialised:
+    """A kernel that runs as usual and writes down what Triton compiles each launch to: its constexpr and option
+    keywords, the dtype of each tensor and the class of each specialised int (1, divisible by 16, other)."""
+    def __init__(self, fn, name, log):
+        self.fn, self.name, self.log = fn, name, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            free = set(self.fn.kwargs.get('do_not_specialize') or ())
+            ints = tuple((n, a == 1, a % 16 == 0) for n, a in zip(self.fn.arg_names, args)
+                         if isinstance(a, int) and not isinstance(a, bool) and n not in free)
+            self.log.append((self.name, str(sorted(meta.items())), ints, tuple(str(a.dtype) for a in args if hasattr(a, 'dtype'))))
+            return self.fn[grid](*args, **meta)
+        return launch
+
+
+@pytest.mark.parametrize('method,dims', [
+    ('ijepa_sigreg', ['--width=48', '--heads=2', '--pred_width=24', '--pred_heads=1']),  # head dims 24, 24
+    ('ijepa', ['--width=96', '--heads=2', '--pred_width=16', '--pred_heads=2']),         # 48, 8
+    ('lejepa', ['--width=16', '--heads=2', '--proj_dim=8']),                             # 8
+])
+def test_head_dims_off_the_tile_widths_train_and_the_self_test_covers_every_launch(tiny_args, tmp_path, monkeypatch, method, dims):
+    """Head dims 8, 24 and 48 (tiles of 16, 32 and 64 with channels masked) train through the kernels with the
+    PyTorch path's losses, and every kernel the run compiles -- block sizes, warps, dtypes, the strides' 16-byte
+    classes over the changing context lengths -- was already run by the start-up self-test against the reference."""
+    log = []
+    for module, names in KERNELS.items():
+        for name in names:
+            monkeypatch.setattr(module, name, Specialised(getattr(module, name), name, log))
+    monkeypatch.setattr(kernels, 'failed', {})
+    tested = []
+    real_self_test = kernels.self_test
+
+    def self_test(*args, **kwargs):
+        out = real_self_test(*args, **kwargs)
+        tested.extend(log)
+        log.clear()
+        return out
+    monkeypatch.setattr(kernels, 'self_test', self_test)
+    args = [a for a in tiny_args if not a.startswith(('--width', '--heads', '--pred_width', '--pred_heads', '--img_size'))]
+    args += ['--img_size=24', '--steps=4', '--log_every=2'] + dims  # 16-px crops, then 24: sequences of 1 to 36
+    plain = logged(args, method, False, tmp_path, 'plain')
+    fused = logged(args, method, True, tmp_path, 'fused')
+    assert not kernels.failed and tested and log
+    assert {name for name, *_ in log} >= {'_attn_fwd', '_attn_bwd_dkdv', '_attn_bwd_dq'}
+    untested = set(log) - set(tested)
+    assert not untested, sorted(untested)[:3]
+    for a, b in zip(plain, fused):
+        assert b['loss'] == pytest.approx(a['loss'], rel=LOSS_RTOL), (a, b)
+
+
+def test_a_head_dim_the_kernels_cannot_take_is_decided_at_start_up(tiny_args, tmp_path, counts, capfd):
+    """d = 132 (> 128, the widest tile) with the kernels on: one warning from the start-up self-test, before any
+    launch, and the run trains on the PyTorch path, where it used to raise at its first step."""
+    args = [a for a in tiny_args if not a.startswith(('--width', '--heads'))] + ['--width=132', '--heads=1']
+    logged(args, 'ijepa', True, tmp_path, 'wide')
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith('warning: Triton')]
+    assert len(warnings) == 1 and 'attention kernel failed (self-test' in warnings[0] and 'head dim 132' in warnings[0]
+    assert sum(counts[n] for n in KERNELS[KA]) == 0 and set(kernels.failed) == {'attention'}
