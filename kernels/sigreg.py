@@ -190,7 +190,9 @@ def cf_sums(y, num_knots=17, dt=3 / 16, fallback=None):
     in PyTorch)."""
     if has_failed('sigreg'):
         return fallback(y) if fallback else cf_sums_reference(y.float(), _knots_at(num_knots, dt, y.device))
-    return cf_sums_fwd(y, int(num_knots), float(dt))
+    # the kernels see fp32 only (they compute in fp32 anyway): one compiled variant per shape, and no 16-bit load,
+    # which spilled 16 B on sm_86/89 under triton 3.8; autograd returns the gradient in y's dtype
+    return cf_sums_fwd(y.float(), int(num_knots), float(dt))
 
 
 def epps_pulley(y, num_knots=17):

@@ -22,7 +22,7 @@ def test_every_launch_compiles_spill_free_and_fits_shared_memory():
     m = re.match(r'(\d+) compiles in \d+ s: (\d+) failed, \d+ spill \(largest (\d+) B, (\d+) of them', summary)
     assert m, summary
     compiles, failed, _, spilling_16bit = map(int, m.groups())
-    assert compiles >= 400 and failed == 0 and spilling_16bit == 0, summary
+    assert compiles >= 380 and failed == 0 and spilling_16bit == 0, summary
     rows = [line.split() for line in r.stdout.splitlines() if line.startswith('_')]
     assert {row[0] for row in rows} == {'_attn_fwd', '_attn_bwd_dkdv', '_attn_bwd_dq', '_cf_sums_fwd', '_cf_sums_bwd'}
     assert {row[5] for row in rows if row[0].startswith('_attn')} == {'sm_80', 'sm_86', 'sm_89', 'sm_90'}
