@@ -380,8 +380,7 @@ def sigreg(z, step, num_slices=num_slices, seed=0, kernels=False):
 
 def lejepa_views(x, cfg, g):
     """V_g global views (full resolution) and V_l local views (half resolution) of a uint8 batch."""
-    img = normalize(x)
-    S = cfg['img_size']
+    img, S = normalize(x), cfg['img_size']
     views_g = [color_jitter(random_resized_crop(img, S, (0.3, 1.0), g), g) for _ in range(cfg['global_views'])]
     local = max(cfg['patch_size'] * 4, (S // 2) // cfg['patch_size'] * cfg['patch_size'])
     views_l = [color_jitter(random_resized_crop(img, local, (0.05, 0.3), g), g) for _ in range(cfg['local_views'])]
@@ -491,7 +490,7 @@ def make_optimizer(model, cfg):
 
 # ----------------------------------------------------------------------------- augmentation
 # Batched on the device: each image gets its own crop box, flip and jitter, through one grid_sample.
-MEAN, STD, LUMA = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (0.299, 0.587, 0.114)
+MEAN, STD, LUMA = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (0.2989, 0.587, 0.114)  # LUMA: torchvision's
 
 @functools.cache  # made once per device: a host-to-device copy in every step would make the host wait for the GPU
 def channels(values, device):  # a tuple of 3 numbers -> (1, 3, 1, 1) tensor on device
@@ -516,18 +515,19 @@ def random_resized_crop(x, out_size, scale, g, flip=True):
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
 
 def color_jitter(x, g, strength=0.4, p_gray=0.2):
-    """Brightness, contrast and saturation jitter and random grayscale on a normalised batch (B, 3, S, S)."""
+    """torchvision's ColorJitter(strength, strength, strength) in that order, then RandomGrayscale(p_gray), on a
+    normalised batch (B, 3, S, S): each step acts on the image the previous one left, clamped to [0, 1]."""
     B = x.shape[0]
     r = torch.rand(B, 4, generator=g, device=x.device)
     mean, std = channels(MEAN, x.device), channels(STD, x.device)
+    f = lambda i: (1 + strength * (2 * r[:, i] - 1)).view(B, 1, 1, 1)  # noqa: E731  factor in [1 - s, 1 + s]
+    gray = lambda x: (x * channels(LUMA, x.device)).sum(1, keepdim=True)  # noqa: E731  (B, 1, S, S)
     x = x * std + mean  # back to [0, 1]
-    f = lambda i: (1 + strength * (2 * r[:, i] - 1)).view(B, 1, 1, 1)  # noqa: E731
-    gray = (x * channels(LUMA, x.device)).sum(1, keepdim=True)
-    x = x * f(0)                                                            # brightness
-    x = (x - gray.mean((2, 3), keepdim=True)) * f(1) + gray.mean((2, 3), keepdim=True)  # contrast
-    x = (x - gray) * f(2) + gray                                            # saturation
-    x = torch.where((r[:, 3] < p_gray).view(B, 1, 1, 1), gray.expand_as(x), x)
-    return (x.clamp(0, 1) - mean) / std
+    x = (x * f(0)).clamp(0, 1)                                                      # brightness
+    x = (x * f(1) + (1 - f(1)) * gray(x).mean((2, 3), keepdim=True)).clamp(0, 1)   # contrast
+    x = (x * f(2) + (1 - f(2)) * gray(x)).clamp(0, 1)                               # saturation
+    x = torch.where((r[:, 3] < p_gray).view(B, 1, 1, 1), gray(x).expand_as(x), x)  # grayscale
+    return (x - mean) / std
 
 # ----------------------------------------------------------------------------- training loop
 def step_generator(seed, step, dev):

@@ -1,4 +1,6 @@
 """I-JEPA multi-block masking: the invariants every batch must satisfy, on random grids from 4x4 up."""
+import collections
+import math
 import random
 
 import torch
@@ -76,3 +78,28 @@ def test_expected_context_matches_a_monte_carlo_count():
         ctx = inside(ch, cw) & ~(inside(h, w) | inside(h, w) | inside(h, w) | inside(h, w))
         mc = ctx.sum(1).double().mean().item()
         assert -0.1 < mc - jepa.expected_context(H, W, h, w, ch, cw, 4) < 1.1, (H, W, mc)  # floor(E), E = mc +- 0.05
+
+
+def block_shape(target_idx, W):
+    """(height, width) of the first target block of the first image, from its row-major indices."""
+    rows, cols = target_idx[0, 0] // W, target_idx[0, 0] % W
+    return (rows.max() - rows.min() + 1).item(), (cols.max() - cols.min() + 1).item()
+
+
+def test_block_shapes_follow_the_scale_and_aspect_distributions():
+    """Goodness of fit of the target blocks' (height, width) on a 14 x 14 grid: their frequencies over 3,000 draws
+    against those of the stated recipe -- scale ~ U(0.15, 0.2), aspect ~ U(0.75, 1.5), h = round(sqrt(L s r)),
+    w = round(sqrt(L s / r)) -- simulated with another generator (chi-square, far beyond its 1-in-10^5 point)."""
+    H = W = 14
+    L, n, n_sim = H * W, 3000, 100_000
+    rng, g = random.Random(5), torch.Generator().manual_seed(0)
+    seen = collections.Counter(block_shape(jepa.multiblock_masks(1, H, W, rng=rng, generator=g)[1], W) for _ in range(n))
+    sim_rng, expected = random.Random(123), collections.Counter()
+    for _ in range(n_sim):
+        s, r = sim_rng.uniform(0.15, 0.2), sim_rng.uniform(0.75, 1.5)
+        area = math.floor(L * s)
+        expected[min(max(round(math.sqrt(area * r)), 1), H), min(max(round(math.sqrt(area / r)), 1), W)] += 1
+    assert set(seen) <= set(expected), (seen, expected)
+    chi2 = sum((seen[c] - n * e / n_sim) ** 2 / (n * e / n_sim) for c, e in expected.items())
+    df = len(expected) - 1
+    assert chi2 < df + 6 * math.sqrt(2 * df) + 10, (chi2, df, seen, expected)

@@ -202,3 +202,83 @@ def test_random_resized_crop_keeps_a_box_of_at_least_crop_scale(crop_scale, seed
     aspect = w / h
     assert ((aspect >= 0.75 - 1e-3) | (w > 1 - 1e-4) | (h > 1 - 1e-4)).all()  # jitter within 3/4..4/3 unless cut
     assert ((aspect <= 4 / 3 + 1e-3) | (w > 1 - 1e-4) | (h > 1 - 1e-4)).all()
+
+
+# torchvision's functional colour operations, written out (torchvision is not a dependency): each blends the
+# image with black, its gray mean or its grayscale, and clamps to [0, 1].
+def tv_grayscale(img):  # (3, H, W) -> (1, H, W), torchvision's rgb_to_grayscale weights
+    return (0.2989 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
+
+
+def tv_blend(img1, img2, ratio):
+    return (ratio * img1 + (1.0 - ratio) * img2).clamp(0, 1)
+
+
+def tv_jitter(img, b, c, s, gray):
+    img = tv_blend(img, torch.zeros_like(img), b)                                 # adjust_brightness
+    img = tv_blend(img, tv_grayscale(img).mean((-3, -2, -1), keepdim=True), c)    # adjust_contrast
+    img = tv_blend(img, tv_grayscale(img), s)                                     # adjust_saturation
+    return tv_grayscale(img).expand(3, -1, -1) if gray else img                   # RandomGrayscale
+
+
+@given(seed=st.integers(0, 10_000), strength=st.sampled_from([0.4, 0.8]))
+def test_color_jitter_follows_torchvision(seed, strength):
+    """Each operation acts on the image the one before left (a brightened image's contrast and saturation are
+    taken around its own gray, and a grayscale view keeps the jitter), as torchvision's ColorJitter in the
+    order brightness, contrast, saturation, then RandomGrayscale; per image, on random images."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(16, 3, 8, 8, generator=g, dtype=torch.float64)
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (jepa.MEAN, jepa.STD))
+    out = jepa.color_jitter(((img - mean) / std).float(), torch.Generator().manual_seed(seed + 1), strength)
+    r = torch.rand(16, 4, generator=torch.Generator().manual_seed(seed + 1))  # the draws color_jitter makes
+    f = (1 + strength * (2 * r[:, :3] - 1)).double()
+    expected = torch.stack([tv_jitter(img[i], *f[i], r[i, 3] < 0.2) for i in range(16)])
+    torch.testing.assert_close((out.double() * std + mean), expected, rtol=0, atol=2e-6)
+
+
+def test_saturation_acts_on_the_brightened_image(monkeypatch):
+    """The case that was wrong: x1.4 brightness, then saturation 0.7 around the grayscale of the brightened image,
+    not of the input (which gave a darker result)."""
+    img = torch.tensor([0.3, 0.5, 0.5], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (jepa.MEAN, jepa.STD))
+    monkeypatch.setattr(torch, 'rand', lambda *a, **k: torch.tensor([[1.0, 0.5, 0.125, 0.9]]))  # 1.4, 1, 0.7; no gray
+    out = jepa.color_jitter(((img - mean) / std).float(), None).double() * std + mean
+    x = tv_blend(img[0], torch.zeros_like(img[0]), 1.4)
+    torch.testing.assert_close(out[0], tv_blend(x, tv_grayscale(x), 0.7), rtol=0, atol=2e-6)
+
+
+def test_lejepa_loss_is_the_written_out_formula(monkeypatch):
+    """L = (1 - lambda) inv + lambda SIGReg with inv = 1/(V B K) sum_v sum_n ||mu_n - z_vn||^2 and mu_n the mean
+    of image n's global views (not of all views), against loops in float64."""
+    V_g, V_l, B, K, lam = 2, 3, 5, 4, 0.1
+    z = torch.randn(V_g + V_l, B, K, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    views = ([torch.zeros(1)] * V_g, [torch.zeros(1)] * V_l)
+    monkeypatch.setattr(jepa, 'lejepa_views', lambda x, cfg, g: views)
+    monkeypatch.setattr(jepa, 'embed_views', lambda model, vs: z[:V_g] if vs is views[0] else z[V_g:])
+    monkeypatch.setattr(jepa, 'sigreg', lambda z, *a, **k: torch.tensor(7.0, dtype=torch.float64))
+    model = type('M', (), {'cfg': {'triton_kernels': False}})()
+    cfg = {'global_views': V_g, 'num_slices': 8, 'seed': 0, 'sigreg_weight': lam}
+    loss, logs = jepa.lejepa_loss(model, None, cfg, None, 0)
+    inv = 0.0
+    for n in range(B):
+        mu = sum(z[v, n] for v in range(V_g)) / V_g
+        inv += sum(((mu - z[v, n]) ** 2).sum() for v in range(V_g + V_l))
+    inv /= (V_g + V_l) * B * K
+    assert logs['inv'].item() == pytest.approx(inv.item(), rel=1e-12)
+    assert loss.item() == pytest.approx((1 - lam) * inv.item() + lam * 7.0, rel=1e-12)
+
+
+@given(seed=st.integers(0, 10_000), B=st.integers(2, 12), K=st.integers(2, 16), tau=st.sampled_from([0.07, 0.2, 1.0]))
+def test_info_nce_is_nt_xent(seed, B, K, tau):
+    """SimCLR's NT-Xent, written out: for each of the 2B embeddings, -log of its positive's share of the
+    exponentiated cosine similarities to all 2B - 1 others, averaged."""
+    g = torch.Generator().manual_seed(seed)
+    z1, z2 = (torch.randn(B, K, generator=g, dtype=torch.float64) for _ in range(2))
+    z = torch.cat([z1, z2])
+    z = z / z.norm(dim=1, keepdim=True)
+    total = 0.0
+    for i in range(2 * B):
+        pos = (i + B) % (2 * B)
+        denom = sum(torch.exp(z[i] @ z[j] / tau) for j in range(2 * B) if j != i)
+        total += -torch.log(torch.exp(z[i] @ z[pos] / tau) / denom)
+    assert jepa.info_nce(z1, z2, tau).item() == pytest.approx(total.item() / (2 * B), rel=1e-5, abs=1e-6)

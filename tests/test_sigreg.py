@@ -191,3 +191,44 @@ def test_sigreg_directions_have_a_stream_of_their_own(monkeypatch):
             step_seeds.update(seeds)
         assert len(sigreg_seeds) == 20 and len(step_seeds) == 20
         assert not sigreg_seeds & step_seeds
+
+
+def test_knots_and_weights_are_the_folded_trapezoid_rule():
+    """Computed independently of jepa.ep_knots: the trapezoid rule on 2T - 1 evenly spaced points of [-3, 3]
+    with the window exp(-t^2/2), folded onto t >= 0 by the integrand's symmetry (every t > 0 stands for +t and
+    -t). Equal, to 1e-12, to jepa's table, to the kernels' own and to the official code's definition
+    (weights 2 dt phi, dt phi at both ends)."""
+    T = jepa.NUM_KNOTS
+    full = torch.linspace(-3, 3, 2 * T - 1, dtype=F64)
+    dt = (full[1] - full[0]).item()
+    trapezoid = torch.full_like(full, dt)
+    trapezoid[0] = trapezoid[-1] = dt / 2
+    trapezoid = trapezoid * torch.exp(-full ** 2 / 2)
+    t = full[T - 1:]  # 0 .. 3
+    w = trapezoid[T - 1:].clone()
+    w[1:] += trapezoid[:T - 1].flip(0)  # the mirrored -t
+    official = torch.full((T,), 2 * 3 / (T - 1), dtype=F64)
+    official[[0, -1]] = 3 / (T - 1)
+    official = official * torch.exp(-t ** 2 / 2)
+    ours_t, ours_phi, ours_w = jepa.ep_knots(dtype=F64)
+    pytest.importorskip('triton')
+    from kernels.sigreg import knots
+    kernel_t, kernel_phi, kernel_w = knots(T, F64)
+    for name, a, b in (('t', ours_t, t), ('phi', ours_phi, torch.exp(-t ** 2 / 2)), ('w', ours_w, w),
+                       ('official w', official, w), ('kernel t', kernel_t, t), ('kernel w', kernel_w, w),
+                       ('kernel phi', kernel_phi, ours_phi)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_correlated_gaussian_scores_above_the_isotropic_one(seed):
+    """SIGReg tests isotropy, not only Gaussianity: a Gaussian with unit variances but correlated coordinates
+    (its projections have variances a' Sigma a between 0.1 and 4.6) scores well above N(0, I) at the same N."""
+    g = torch.Generator().manual_seed(seed)
+    N, D = 1000, 8
+    iso = torch.randn(N, D, generator=g, dtype=F64)
+    sigma = 0.1 * torch.eye(D, dtype=F64) + 0.9  # unit diagonal, correlation 0.9
+    corr = torch.randn(N, D, generator=g, dtype=F64) @ torch.linalg.cholesky(sigma).T
+    assert corr.var(0).sub(1).abs().max() < 0.15  # the marginals alone look standard
+    a, b = jepa.sigreg(iso, step=seed, num_slices=256), jepa.sigreg(corr, step=seed, num_slices=256)
+    assert b > 10 * a, (a.item(), b.item())
