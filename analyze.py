@@ -9,8 +9,8 @@ Writes RUN/metrics.json and RUN/report.html: one self-contained page (inline SVG
 scripts, no network) with training curves; per-epoch sparsity, spectrum and cluster metrics for the student
 (context encoder on a masked image) and the teacher (target encoder on the full image); class-centroid
 similarities; PCA and t-SNE maps; attention entropy, peak, sparsity and head diversity per layer; attention
-maps; patch-feature PCA images; group sparsity and group activation maps for SparseJEPA runs; and the same
-metrics at twice the training resolution (RoPE extrapolation).
+maps; patch-feature PCA images; group sparsity and group activation maps for SparseJEPA runs; and the teacher's
+embedding and attention metrics at twice the training resolution (RoPE extrapolation).
 
 Metric definitions (per sample z in R^D, then averaged): Hoyer (sqrt(D) - |z|_1/|z|_2) / (sqrt(D) - 1);
 activation ratio: share of |z_j| above 10 % of max_j |z_j|; Gini of |z| (sorted-values formula); L0 fraction
@@ -427,6 +427,7 @@ def analyze_checkpoint(ck, data, args, last):
     big = F.interpolate(x.float(), scale_factor=2, mode='bilinear', align_corners=False).round().clamp(0, 255).byte()
     z_big = probe.extract_features(teacher, big)
     row['rope_2x'] = embedding_metrics(z_big, y)
+    row['rope_2x']['attention'] = [attention_metrics(w) for w in attention_weights(teacher, jepa.normalize(big[:len(imgs)]))]
     half = n // 2
     row['rope_2x']['knn_accuracy'] = probe.knn_accuracy(z_big[:half], y[:half], z_big[half:], y[half:])
     row['teacher']['knn_accuracy'] = probe.knn_accuracy(z_t[:half], y[:half], z_t[half:], y[half:])
@@ -506,7 +507,14 @@ def build_report(run_dir, cfg, rows, pics, log, compare, classes):
     h.append('<h2>RoPE extrapolation: the same encoder at twice the training resolution</h2>' +
              html_table([{'resolution': f'{cfg["img_size"]}px (trained)', **last['teacher']},
                          {'resolution': f'{2 * cfg["img_size"]}px', **last['rope_2x']}],
-                        ['resolution'] + SET_METRICS + ['knn_accuracy']))
+                        ['resolution'] + SET_METRICS + ['knn_accuracy']) +
+             '<p>Attention per layer at both resolutions (mean over heads; entropy grows by up to log 4 = 1.39 nats '
+             'when a query spreads its weight evenly over four times the tokens):</p>' +
+             html_table([{'layer': li, 'resolution': res, **{k: float(np.mean(a[k])) for k in ('entropy', 'max_weight', 'sparsity')},
+                          'head diversity': a['head_diversity']}
+                         for li in range(len(last['attention']))
+                         for res, a in ((f'{cfg["img_size"]}px', last['attention'][li]),
+                                        (f'{2 * cfg["img_size"]}px', last['rope_2x']['attention'][li]))]))
     if compare:
         h.append('<h2>Comparison</h2>' + html_table(compare, ['set'] + SET_METRICS))
     h.append('</body></html>')

@@ -122,6 +122,9 @@ def test_report_from_a_tiny_run_is_self_contained(tiny_args, tmp_path):
     rows = analyze.main([f'--run={run_dir}', '--samples=300', '--images=3', f'--compare={tmp_path / "other.npz"}'])
     assert len(rows) == 2 and {'teacher', 'student', 'patches', 'attention', 'group_sparsity'} <= set(rows[0])
     assert 0 <= rows[-1]['patches']['within_image_share'] <= 1 and rows[-1]['patches']['patch_effective_rank'] >= 1
+    at_2x = rows[-1]['rope_2x']['attention']  # the attention metrics at twice the resolution, per layer and head
+    assert len(at_2x) == len(rows[-1]['attention']) and all(len(a['entropy']) == 2 for a in at_2x)
+    assert all(e2 > e1 for a1, a2 in zip(rows[-1]['attention'], at_2x) for e1, e2 in zip(a1['entropy'], a2['entropy']))
     page = open(os.path.join(run_dir, 'report.html')).read()
     metrics = json.load(open(os.path.join(run_dir, 'metrics.json')))
     assert len(metrics['checkpoints']) == 2 and metrics['compare'][1]['set'] == 'other.npz'
@@ -130,7 +133,7 @@ def test_report_from_a_tiny_run_is_self_contained(tiny_args, tmp_path):
     assert sources and all(s.startswith('data:image/png;base64,') for s in sources), sources[:3]
     assert not re.search(r'url\(|@import|https?://(?!www\.w3\.org/2000/svg)', page)
     for section in ('Training curves', 'teacher', 'student', 'Group sparsity', 'Attention', 'Patch features',
-                    't-SNE', 'Class-centroid', 'RoPE extrapolation', 'Comparison'):
+                    't-SNE', 'Class-centroid', 'RoPE extrapolation', 'Attention per layer at both resolutions', 'Comparison'):
         assert section in page, section
 
 
