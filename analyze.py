@@ -152,16 +152,12 @@ def attention_metrics(w):
 
 @torch.no_grad()
 def attention_weights(encoder, img):
-    """Attention weights of every block of a ViT for a normalised batch -> list of (B, H, N, N), layer order:
-    softmax(RoPE(q) RoPE(k)^T / sqrt(d)), recomputed from each attention module's input by a forward pre-hook."""
+    """Attention weights of every block of a ViT for a normalised batch -> list of (B, H, N, N), layer order: each
+    attention module's own weights (jepa.Attention.weights) of the input a forward pre-hook sees."""
     weights = []
 
     def hook(attn, args):
-        x, pos = args[:2]  # (B, N, D), positions
-        B, N, D = x.shape
-        q, k, _ = attn.qkv(x).view(B, N, 3, attn.heads, D // attn.heads).permute(2, 0, 3, 1, 4)  # (B, H, N, d)
-        scores = jepa.rope(q, pos) @ jepa.rope(k, pos).transpose(-1, -2) / math.sqrt(D // attn.heads)
-        weights.append(scores.float().softmax(-1))  # (B, H, N, N)
+        weights.append(attn.weights(*args[:2]))  # input (B, N, D), positions -> (B, H, N, N)
     handles = [blk.attn.register_forward_pre_hook(hook) for blk in encoder.blocks]
     try:
         encoder(img)
@@ -409,10 +405,8 @@ def analyze_checkpoint(ck, data, args, last):
     imgs = x[:args['images']]
     weights = attention_weights(teacher, jepa.normalize(imgs))
     row['attention'] = [attention_metrics(w) for w in weights]
-    if cfg['method'] == 'sparse':
-        W = model.predictor.embed.weight.detach()
-        row['group_sparsity'] = jepa.group_sparsity(W, cfg['num_groups']).item()
-        row['omega'] = jepa.group_lasso(W, cfg['num_groups']).item()
+    if model.method.log_terms:  # the method's own logged numbers (SparseJEPA: omega, group sparsity)
+        row.update({k: float(v) for k, v in model.method.log_terms(model).items()})
     if not last:
         return row, {}
     pics = {'attention_maps': attention_map_images(weights, imgs),
@@ -433,7 +427,7 @@ def analyze_checkpoint(ck, data, args, last):
     row['teacher']['knn_accuracy'] = probe.knn_accuracy(z_t[:half], y[:half], z_t[half:], y[half:])
     pics['labels'] = y.cpu().numpy()
     pics['embeddings'] = z_t
-    if cfg['method'] == 'sparse':
+    if 'group_sparsity' in row:  # SparseJEPA: which groups each patch's features feed
         pics['group_maps'] = group_activation_maps(model, cfg, imgs)
     return row, pics
 
@@ -546,12 +540,7 @@ def main(argv):
     if not paths:
         raise jepa.UserError(f"{args['run']} holds no ckpt_*.pt: is it a jepa.py run directory?")
     dev = jepa.pick_device(args['device'])
-    cfg = dict(jepa.load_checkpoint(paths[-1])['config'])
-    if args['data']:
-        cfg['data'], cfg['data_dir'] = args['data'], args['data_dir']
-    if cfg['data'] not in jepa.DATASETS:
-        raise jepa.UserError(f"--data={cfg['data']}: choose one of {', '.join(jepa.DATASETS)}")
-    data = jepa.load_data(cfg, dev)
+    cfg, data = probe.evaluation_data(jepa.load_checkpoint(paths[-1])['config'], args, dev)
     rows, pics = [], {}
     t0 = time.time()
     for i, path in enumerate(paths):

@@ -5,15 +5,14 @@ nano-jepa: Joint-Embedding Predictive Architectures for images, in one file.
     python jepa.py --method=lejepa --local_views=0  # LeJEPA: multi-view invariance + SIGReg, no EMA, no stop-grad
     python jepa.py -h                               # every config key with its default and what it does
 
-Read it top to bottom, the method first: config -> model (RoPE, attention, ViT, predictor) -> masking ->
-objectives (I-JEPA, SIGReg, group sparsity, InfoNCE) -> EMA and schedules -> augmentation -> training loop ->
-summary; then the plumbing a reader can skip: data readers, checkpoints and command line.
-Papers: I-JEPA (Assran et al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJEPA (Hartman & Varshney
-2025), oi-VAE (Ainsworth et al. 2018), RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every
-definition used here.
+Read it top to bottom, the method first: config -> model (RoPE, attention, ViT, predictor) -> masking -> objectives
+(I-JEPA, SIGReg, group sparsity, InfoNCE) -> methods -> EMA and schedules -> augmentation -> training loop -> summary;
+then the plumbing a reader can skip: data readers, set-up, checkpoints and command line. Papers: I-JEPA (Assran et
+al. 2023), LeJEPA (Balestriero & LeCun 2025), SparseJEPA (Hartman & Varshney 2025), oi-VAE (Ainsworth et al. 2018),
+RoPE-ViT (Heo et al. 2024). The README's "Math" section fixes every definition used here.
 """
-import collections, copy, difflib, functools, hashlib, io, json, math, os, pathlib, pickle, random, re, sys, tarfile
-import time, zipfile, zlib
+import collections, copy, dataclasses, difflib, functools, hashlib, io, json, math, os, pathlib, pickle, random, re, sys, tarfile
+import time, types, zipfile, zlib
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -29,7 +28,7 @@ data_dir = ''             # folder or archive to read ('' for cifar: data/cifar-
 img_size = 32             # images are resized to img_size x img_size once, when loaded
 crop_scale = 0.6          # smallest area of the random-resized crop (ijepa, ijepa_sigreg, sparse); official 0.3 (README)
 # method
-method = 'ijepa'          # ijepa | ijepa_sigreg | lejepa | sparse | infonce (README: methods table)
+method = 'ijepa'          # ijepa | ijepa_sigreg | lejepa | sparse | infonce (README: Reading jepa.py)
 # encoder (ViT-nano with 2-D RoPE) and predictor
 patch_size = 4            # patch side in pixels; must divide img_size
 width = 128               # encoder width D
@@ -43,18 +42,18 @@ epochs = 8                # passes over the training set
 steps = 0                 # total optimizer steps; overrides epochs when > 0
 budget_minutes = 0.0      # > 0: train for this wall-clock budget; schedules follow the elapsed fraction
 batch_size = 16           # images per optimizer step (small: short CPU budgets need steps; README: Results)
-lr = 1e-3                 # peak AdamW lr, reached after warm-up (unless given: 1e-3 * 128 / width, DERIVED)
+lr = 1e-3                 # peak AdamW lr of a width-128 encoder, reached after warm-up; the run's: lr * 128 / width
 min_lr = 1e-5             # learning rate at the end of the cosine decay
 warmup = 0.1              # fraction of training spent in linear lr warm-up
 lowres = 0.75             # crop side in the first lowres_frac of training, a fraction of img_size (ijepa, ijepa_sigreg, sparse)
 lowres_frac = 0.5         # share of training at the lower resolution; 0 = always img_size (README: Results)
-pred_lr = 0.3             # predictor lr / lr (ijepa, ijepa_sigreg, sparse; unless given: 0.3 for ijepa, 1 else)
+pred_lr = 0.3             # predictor lr / lr (ijepa; ijepa_sigreg and sparse: 1, their records in METHODS)
 weight_decay = 0.04       # weight decay at the start; rises (cosine) to weight_decay_end
 weight_decay_end = 0.4    # weight decay at the end
-ema = 0.99                # EMA momentum at the start (ijepa, sparse; unless given: 0.99 ** (batch_size / 16))
-ema_end = 0.99            # EMA momentum at the end, reached linearly (unless given: ema); official 0.996 -> 1
+ema = 0.99                # EMA momentum per 16 images at the start (ijepa, sparse); the run's: ema ** (batch_size / 16)
+ema_end = 0.99            # the same at the end, reached linearly; official 0.996 -> 1
 # regularisers
-sigreg_weight = 0.05      # lambda of (1-lambda)*loss + lambda*SIGReg (unless given: 0.1 for lejepa, 0.05 else)
+sigreg_weight = 0.05      # lambda of (1-lambda)*loss + lambda*SIGReg (ijepa_sigreg; lejepa: 0.1, its record)
 num_slices = 256          # M random directions per SIGReg evaluation
 global_views = 2          # LeJEPA global views (crop scale 0.3-1, full resolution)
 local_views = 2           # LeJEPA local views (crop scale 0.05-0.3, half resolution)
@@ -73,20 +72,15 @@ log_every = 25            # steps between log lines
 probe = True              # linear probe of trained and random-init encoders at the end
 # -----------------------------------------------------------------------------
 
-# The defaults that follow from other keys or the method, applied to every key not given on the command line
-# (README: Why these defaults). In order: ema_end follows the ema it sees.
-DERIVED = {
-    'lr': lambda c: 1e-3 * 128 / c['width'],                     # a wider encoder takes smaller Adam steps
-    'pred_lr': lambda c: 0.3 if c['method'] == 'ijepa' else 1.0,  # a slower predictor helps I-JEPA only
-    'ema': lambda c: 0.99 ** (c['batch_size'] / 16),              # the teacher averages ~1,600 images at any batch
-    'ema_end': lambda c: c['ema'],                                # a constant momentum for short runs
-    'sigreg_weight': lambda c: 0.1 if c['method'] == 'lejepa' else 0.05,
-}
-
 CONFIG_KEYS = [k for k, v in list(globals().items())
                if not k.startswith('_') and isinstance(v, (bool, int, float, str)) and k != 'CONFIG_KEYS']
-METHODS = ('ijepa', 'ijepa_sigreg', 'lejepa', 'sparse', 'infonce')
-MASKED = ('ijepa', 'ijepa_sigreg', 'sparse')  # the methods of ijepa_loss: masks, predictor, progressive resizing
+
+def derive(cfg):
+    """The values that follow from the config, computed once here, printed in the run's header and saved with it."""
+    scale = cfg['batch_size'] / 16  # the teacher averages over ~1,600 images at any batch: B / (1 - m) stays put
+    return {'peak_lr': cfg['lr'] * 128 / cfg['width'],  # a wider encoder takes smaller Adam steps (muP for Adam)
+            'momentum': cfg['ema'] ** scale, 'momentum_end': cfg['ema_end'] ** scale}
+
 DATASETS = ('shapes', 'cifar10', 'cifar100', 'tinyimagenet', 'folder')
 
 class UserError(Exception):
@@ -118,21 +112,16 @@ def rope(x, pos, theta=ROPE_THETA):
     return torch.view_as_real(xc * torch.polar(torch.ones_like(phi), phi)).flatten(-2).type_as(x)
 
 def visible(seg):
-    """seg (N,) segment of each token -> bool (N, N), [query, key]: a key in segment 0 is seen by every query,
-    any other key only by queries of its own segment."""
+    """seg (N,) segment ids -> bool (N, N) [query, key]: keys of segment 0 are seen by all, others by their segment."""
     return (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
 
-def attention(q, k, v, pos, kernels=False, seg=None):
-    """Non-causal softmax attention with 2-D RoPE on q and k. q, k, v (B, H, N, d) -> (B, H, N, d); seg (N,)
-    optional segment ids (see visible). RoPE, then PyTorch's SDPA; with kernels=True the fused kernel rotates
-    q and k as it loads them (and takes the PyTorch path once the kernel has failed: kernels.self_test)."""
-    def pytorch(q, k, v):
-        return F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v,
-                                              attn_mask=None if seg is None else visible(seg))
+def attention(q, k, v, pos, seg=None, kernels=False):
+    """Non-causal softmax attention with 2-D RoPE on q and k, over the keys seg makes visible: q, k, v (B, H, N, d) ->
+    (B, H, N, d). RoPE then SDPA defines what the fused kernel (kernels=True) computes, and is its fallback."""
     if kernels:
         from kernels.attention import attention as fused_attention
-        return fused_attention(q, k, v, pos, ROPE_THETA, fallback=pytorch, seg=seg)
-    return pytorch(q, k, v)
+        return fused_attention(q, k, v, pos, seg)
+    return F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v, attn_mask=None if seg is None else visible(seg))
 
 class Attention(nn.Module):
     def __init__(self, dim, heads, kernels=False):
@@ -140,11 +129,18 @@ class Attention(nn.Module):
         self.heads, self.kernels = heads, kernels  # kernels: fused Triton attention where available
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
-    def forward(self, x, pos, seg=None):  # x (B, N, D)
+    def split_heads(self, x):  # x (B, N, D) -> q, k, v (B, H, N, d)
         B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
-        x = attention(q, k, v, pos, self.kernels, seg)  # (B, H, N, d)
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        return self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x, pos, seg=None):  # x (B, N, D)
+        x = attention(*self.split_heads(x), pos, seg, self.kernels)  # (B, H, N, d)
+        return self.proj(x.transpose(1, 2).flatten(2))  # (B, N, D)
+
+    def weights(self, x, pos):
+        """The attention probabilities forward uses, softmax(RoPE(q) RoPE(k)^T / sqrt(d)) (B, H, N, N), for study."""
+        q, k, _ = self.split_heads(x)
+        return (rope(q, pos) @ rope(k, pos).transpose(-1, -2) / math.sqrt(q.shape[-1])).float().softmax(-1)
 
 class Block(nn.Module):
     def __init__(self, dim, heads, kernels=False):
@@ -178,8 +174,7 @@ class ViT(nn.Module):
         Returns patch tokens (B, N, D)."""
         x = self.patch_embed(img)  # (B, D, S/p, S/p)
         grid_w = x.shape[-1]
-        x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D); contiguous, or every residual add keeps the
-        # transposed strides and each layer norm of the full-image pass copies its input first
+        x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D); else each layer norm copies the transposed input
         if idx is None:
             pos = grid_pos(torch.arange(x.shape[1], device=x.device), grid_w)  # (L, 2)
         else:
@@ -190,12 +185,10 @@ class ViT(nn.Module):
         return self.norm(x)
 
 class Predictor(nn.Module):
-    """The narrow I-JEPA predictor: context tokens projected to width Dp, one shared learned mask token per
-    target position (placed there by RoPE), a few blocks, back to width D. All target blocks of an image share
-    one sequence, [context, block 1, ..., block nb], in segments: each block's mask tokens see the context and
-    their own block, the context sees only itself. So a block's predictions see what the official
-    one-pass-per-block predictor shows them, and the context is computed once instead of once per block (its
-    tokens do not see the mask tokens, which in the official passes they do): half the predictor's arithmetic."""
+    """The narrow I-JEPA predictor: context tokens projected to width Dp, one shared learned mask token per target
+    position (placed there by RoPE), a few blocks, back to width D. All target blocks of an image share one sequence
+    [context, block 1, ..., block nb] in segments: each block's mask tokens see the context and their own block, the
+    context only itself (the official one-pass-per-block predictor lets it see the mask tokens): half the work."""
     def __init__(self, width, pred_width, depth, heads, kernels=False):
         super().__init__()
         self.embed = nn.Linear(width, pred_width)  # weight (Dp, D): SparseJEPA's latent-to-group matrix
@@ -217,23 +210,20 @@ class Predictor(nn.Module):
         return self.head(self.norm(x[:, Nc:])).view(B, nb, Nt, -1)
 
 class JEPA(nn.Module):
-    """Everything one method trains. Which parts exist depends on the method (README: methods table)."""
+    """Everything one method trains: the encoder, and the teacher and heads its record in METHODS asks for."""
     def __init__(self, cfg):
         super().__init__()
-        m, kernels = cfg['method'], cfg['triton_kernels']
+        self.cfg, self.method, kernels = cfg, METHODS[cfg['method']], cfg['triton_kernels']
         self.encoder = ViT(cfg['patch_size'], cfg['width'], cfg['depth'], cfg['heads'], kernels)
-        self.target = copy.deepcopy(self.encoder).requires_grad_(False) if m in ('ijepa', 'sparse') else None  # EMA
-        if m in MASKED:
+        self.target = copy.deepcopy(self.encoder).requires_grad_(False) if self.method.teacher == 'ema' else None
+        if 'predictor' in self.method.heads:
             self.predictor = Predictor(cfg['width'], cfg['pred_width'], cfg['pred_depth'], cfg['pred_heads'], kernels)
-        if m in ('lejepa', 'infonce'):
+        if 'projector' in self.method.heads:
             self.projector = nn.Sequential(  # MLP head of the multi-view methods: pooled D -> K
                 nn.Linear(cfg['width'], 512), nn.BatchNorm1d(512), nn.GELU(), nn.Linear(512, cfg['proj_dim']))
-        self.cfg = cfg
 
-    def forward(self, x, g, step, progress=1.0):
-        """One training step's loss for a uint8 batch x (B, 3, S, S) at a fraction `progress` of training
-        -> (loss, dict of logged terms)."""
-        return OBJECTIVES[self.cfg['method']](self, x, self.cfg, g, step, progress)
+    def forward(self, batch):  # one training step's Batch -> (loss, dict of logged terms)
+        return self.method.loss(self, batch)
 
     def features_encoder(self):
         """The encoder whose pooled output is the representation: the EMA target when there is one."""
@@ -248,15 +238,12 @@ def build_model(cfg, dev):
 # ----------------------------------------------------------------------------- masking (I-JEPA multi-block)
 def multiblock_masks(batch_size, grid_h, grid_w, *, rng, num_targets=4, generator=None, device=None,
                      target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0)):
-    """I-JEPA multi-block masks for a batch, vectorised on the device, with no rejection loop and no host sync.
-    Returns context_idx LongTensor (B, Nc) and target_idx LongTensor (B, num_targets, Nt), row-major patch
-    indices. The batch-wide sizes (target scale and aspect, context scale) are Python numbers from rng, a
-    random.Random, so every shape is known on the host; positions come from `generator` on the device. Each
-    block's top-left corner is uniform over all valid positions (the official collator never reaches the last
-    row and column). The context is a square block minus the union of the targets; every image keeps Nc of its
-    patches, a uniformly random subset (never a row-major prefix, which favours the top rows), with Nc the
-    expected size of that set (so no count is read back from the device). An image whose set is smaller tops
-    it up with random non-target patches from outside the block; a target patch is never context."""
+    """I-JEPA multi-block masks for a batch, vectorised on the device, with no rejection loop and no host sync ->
+    context_idx (B, Nc), target_idx (B, num_targets, Nt), row-major patch indices. The batch-wide sizes are Python
+    numbers from rng (a random.Random), so every shape is known on the host; positions come from `generator` on the
+    device, each block's top-left corner uniform over all valid positions. The context is a square block minus the
+    targets: every image keeps a uniformly random subset of Nc of its patches, Nc that set's expected size (so no
+    count is read back), topped up where smaller with non-target patches from outside it; a target is never context."""
     B, H, W, L, nb = batch_size, grid_h, grid_w, grid_h * grid_w, num_targets
     s = rng.uniform(*target_scale)
     r = rng.uniform(*target_aspect)
@@ -301,30 +288,37 @@ def prediction_loss(pred, target):
     """Mean smooth-L1 (beta = 1) between predicted and target features, in fp32: zero iff they are equal."""
     return F.smooth_l1_loss(pred.float(), target.float(), beta=1.0)
 
-def ijepa_loss(model, img, cfg, g, step, progress=1.0):
-    """I-JEPA (Assran et al. 2023): from a context block, predict the layer-normed teacher features of four target
-    blocks; smooth-L1 (beta = 1), as in the official code. The teacher is the EMA encoder (ijepa, sparse) or,
-    for ijepa_sigreg, the encoder itself, with SIGReg on its pooled features and on all its patch tokens."""
-    S = crop_size(progress, cfg)  # lower for the first lowres_frac of training
-    img = random_resized_crop(normalize(img), S, (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
+Batch = collections.namedtuple('Batch', 'x g step progress')  # uint8 (B, 3, S, S), generator, step, share done
+
+def predict_targets(model, batch):
+    """I-JEPA's masked prediction (Assran et al. 2023): from a context block, predict the layer-normed teacher
+    features of four target blocks; smooth-L1 (beta = 1), as in the official code. The teacher (the method's
+    record) is the EMA encoder, without gradient, or the encoder itself, with it. -> (loss, teacher tokens (B, L, D))."""
+    cfg, g = model.cfg, batch.g
+    S = crop_size(batch.progress, cfg)  # lower for the first lowres_frac of training
+    img = random_resized_crop(normalize(batch.x), S, (cfg['crop_scale'], 1.0), g)  # (B, 3, S, S) float
     B, gw = img.shape[0], S // cfg['patch_size']
-    ema_teacher = model.target is not None
-    with torch.no_grad() if ema_teacher else nullcontext():
-        h_full = (model.target if ema_teacher else model.encoder)(img)  # (B, L, D)
+    with torch.no_grad() if model.method.teacher == 'ema' else nullcontext():
+        h_full = model.features_encoder()(img)  # (B, L, D)
     ctx_idx, tgt_idx = multiblock_masks(B, gw, gw, rng=random.Random(g.initial_seed()), generator=g,
                                         device=img.device)  # (B, Nc), (B, 4, Nt)
     h = F.layer_norm(h_full, h_full.shape[-1:])  # (B, L, D), no affine parameters
     h = h.gather(1, tgt_idx.flatten(1).unsqueeze(-1).expand(-1, -1, h.shape[-1])).view(*tgt_idx.shape, -1)
     z = model.encoder(img, ctx_idx)  # (B, Nc, D)
-    loss = prediction_loss(model.predictor(z, ctx_idx, tgt_idx, gw), h)  # predictions (B, 4, Nt, D)
-    logs = {'pred': loss}
-    if cfg['method'] == 'ijepa_sigreg':  # on the images' pooled features and on every patch token, the targets
-        # themselves: with the pooled term alone an image's tokens collapse onto one vector any context token predicts
-        reg = lambda z: sigreg(z, step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])  # noqa: E731
-        logs['sigreg'] = (reg(h_full.mean(1)) + reg(h_full.flatten(0, 1))) / 2  # (B, D) and (B*L, D) samples
-        loss = (1 - cfg['sigreg_weight']) * loss + cfg['sigreg_weight'] * logs['sigreg']
-    return loss, logs
+    return prediction_loss(model.predictor(z, ctx_idx, tgt_idx, gw), h), h_full  # predictions (B, 4, Nt, D)
 
+def ijepa_loss(model, batch):
+    loss, _ = predict_targets(model, batch)
+    return loss, {'pred': loss}
+
+def ijepa_sigreg_loss(model, batch):
+    """I-JEPA with the encoder as its own teacher, kept from collapse by SIGReg on pooled features and on every patch
+    token (the targets: with the pooled term alone an image's tokens collapse onto one vector, easy to predict)."""
+    cfg = model.cfg
+    pred, h_full = predict_targets(model, batch)
+    reg = lambda z: sigreg(z, batch.step, cfg['num_slices'], cfg['seed'], cfg['triton_kernels'])  # noqa: E731
+    reg = (reg(h_full.mean(1)) + reg(h_full.flatten(0, 1))) / 2  # on (B, D) and (B*L, D) samples
+    return (1 - cfg['sigreg_weight']) * pred + cfg['sigreg_weight'] * reg, {'pred': pred, 'sigreg': reg}
 
 # SIGReg (LeJEPA, Balestriero & LeCun 2025): the sliced Epps-Pulley test that the embeddings are an
 # isotropic Gaussian. For each random unit direction a_m the projections y_m = Z a_m are compared to N(0, 1)
@@ -350,25 +344,28 @@ def cf_sums(y, t):
     return ty.cos().sum(0), ty.sin().sum(0)
 
 def epps_pulley(y, num_knots=NUM_KNOTS, kernels=False):
-    """Per-slice Epps-Pulley statistic T_m for projections y (N, M) -> (M,). Computed in fp32 (fp64 for fp64
-    input) whatever the input dtype; differentiable. kernels=True: the fused Triton sums (fp32; cf_sums is their
-    fallback)."""
+    """Per-slice Epps-Pulley statistic T_m for projections y (N, M) -> (M,), in fp32 (fp64 for fp64 input);
+    kernels=True: the fused Triton sums. Under torchrun a gradient-carrying all-reduce makes the sums the global
+    batch's: backward sums the processes' identical gradients, and DDP's average divides them back."""
     y = y.double() if y.dtype == torch.float64 else y.float()
     t, phi, w = ep_knots(num_knots, y.dtype, y.device)
     if kernels and y.dtype == torch.float32:
         from kernels.sigreg import cf_sums as cf_sums_fused
-        cos_sum, sin_sum = cf_sums_fused(y, num_knots, T_MAX / (num_knots - 1), lambda y: cf_sums(y, t))
+        cos_sum, sin_sum = cf_sums_fused(y, num_knots, T_MAX / (num_knots - 1))
     else:
         cos_sum, sin_sum = cf_sums(y, t)  # (M, T) each
     n = y.shape[0]
+    if rank() is not None:
+        import torch.distributed.nn.functional as dist_fn
+        cos_sum, sin_sum = dist_fn.all_reduce(cos_sum), dist_fn.all_reduce(sin_sum)  # the global batch's sums
+        n *= torch.distributed.get_world_size()  # every process holds the same number of samples
     C, S = cos_sum / n, sin_sum / n  # (M, T) empirical characteristic function, real and imaginary parts
     return n * (((C - phi) ** 2 + S ** 2) @ w)  # (M,)
 
-def sigreg(z, step, num_slices=num_slices, seed=0, kernels=False):
-    """SIGReg of embeddings z (N, D) or of several views (V, N, D) (mean over views): mean over M random unit
-    directions of the Epps-Pulley statistic. The directions come from a generator seeded by the step, so a resumed
-    run draws them again. In fp32 (fp64 for fp64 z) even under autocast, which would run the projection and the
-    quadrature, both matmuls, in bf16, and without TF32, which would round their inputs to 10 bits."""
+def sigreg(z, step, num_slices, seed=0, kernels=False):
+    """SIGReg of embeddings z (N, D) or of views (V, N, D): the Epps-Pulley statistic averaged over num_slices random
+    unit directions (and views), seeded by the step: every process, and a resumed run, draws the same ones. In fp32
+    (fp64 for fp64 z) even under autocast, which would run both matmuls in bf16, and without TF32's 10-bit inputs."""
     g = torch.Generator(device=z.device).manual_seed(stream_seed('sigreg', seed, step))  # its own stream
     dt = torch.promote_types(z.dtype, torch.float32)  # fp32, or fp64 for fp64 embeddings
     with torch.autocast(z.device.type, enabled=False), tf32(False):  # true fp32 on CUDA too
@@ -391,14 +388,15 @@ def embed_views(model, views):
     z = model.projector(model.encoder(torch.cat(views)).mean(1))  # (V*B, K)
     return z.float().view(len(views), views[0].shape[0], -1)
 
-def lejepa_loss(model, x, cfg, g, step, progress=1.0):
+def lejepa_loss(model, batch):
     """LeJEPA: L = (1 - lambda) * mean_{v,n} ||mu_n - z_nv||^2 / K + lambda * mean_v SIGReg(z_v), where mu_n is
     the mean of image n's global-view embeddings. No EMA, no stop-gradient, no predictor."""
-    views_g, views_l = lejepa_views(x, cfg, g)
+    cfg = model.cfg
+    views_g, views_l = lejepa_views(batch.x, cfg, batch.g)
     z = torch.cat([embed_views(model, views) for views in (views_g, views_l) if views])  # (V, B, K)
     mu = z[:cfg['global_views']].mean(0)  # (B, K)
     inv = (mu - z).pow(2).mean()  # mean over views, images and the K coordinates
-    reg = sigreg(z, step, cfg['num_slices'], cfg['seed'], model.cfg['triton_kernels'])
+    reg = sigreg(z, batch.step, cfg['num_slices'], cfg['seed'], cfg['triton_kernels'])
     lam = cfg['sigreg_weight']
     return (1 - lam) * inv + lam * reg, {'inv': inv, 'sigreg': reg}
 
@@ -412,13 +410,13 @@ def info_nce(z1, z2, tau):
     positive = torch.arange(2 * B, device=z.device).roll(B)  # (2B,): i <-> i + B
     return F.cross_entropy(sim, positive)
 
-def infonce_loss(model, x, cfg, g, step, progress=1.0):
-    """InfoNCE on two global views (ablation against SIGReg): invariance and anti-collapse in one contrastive term."""
-    views, _ = lejepa_views(x, dict(cfg, global_views=2, local_views=0), g)  # two global views
+def infonce_loss(model, batch):
+    """InfoNCE on two global views (ablation against SIGReg): invariance and anti-collapse in one contrastive term.
+    Under torchrun each process contrasts its own shard: its negatives are local."""
+    views, _ = lejepa_views(batch.x, dict(model.cfg, global_views=2, local_views=0), batch.g)  # two global views
     z = embed_views(model, views)  # (2, B, K)
-    loss = info_nce(z[0], z[1], cfg['tau'])
+    loss = info_nce(z[0], z[1], model.cfg['tau'])
     return loss, {'infonce': loss}
-
 
 # SparseJEPA (Hartman & Varshney 2025) group sparsity, oi-VAE style (Ainsworth et al. 2018). The paper gives no
 # code and leaves the grouping open; this grouping is our reading of it: W is the predictor's input projection
@@ -442,8 +440,37 @@ def group_sparsity(W, num_groups):
     """Mean number of groups each latent feeds (nonzero column blocks), in [0, G]."""
     return (W.view(num_groups, -1, W.shape[1]).norm(dim=1) > 0).float().sum(0).mean()
 
-OBJECTIVES = {'ijepa': ijepa_loss, 'ijepa_sigreg': ijepa_loss, 'sparse': ijepa_loss,
-              'lejepa': lejepa_loss, 'infonce': infonce_loss}
+def sparse_prox(model, lr):
+    """SparseJEPA's step after the optimizer's: the group-lasso prox with W's own lr times lambda as threshold."""
+    prox_group_lasso_(model.predictor.embed.weight, model.cfg['num_groups'], lr * model.cfg['pred_lr'] * model.cfg['group_lambda'])
+
+def sparse_terms(model):
+    W, G = model.predictor.embed.weight, model.cfg['num_groups']
+    return {'omega': group_lasso(W, G), 'group_sparsity': group_sparsity(W, G)}
+
+# ----------------------------------------------------------------------------- methods
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What the model, the optimizer and the training loop need to know about a method; none of them reads its name."""
+    loss: object                  # (model, Batch) -> (loss, dict of logged terms)
+    teacher: str                  # whose features are the targets: 'ema' (an EMA copy), 'self' (the encoder), 'none'
+    heads: tuple                  # 'predictor' (masked prediction: masks, low-res crops early), 'projector'
+    defaults: dict = dataclasses.field(default_factory=dict)  # config values of its own, over the config block's
+    after_step: object = None     # (model, scheduled lr) after each optimizer step
+    log_terms: object = None      # (model) -> dict of extra numbers for each log line
+    no_decay: tuple = ()          # parameter names without weight decay (besides biases, norms and tokens)
+    sigreg_sums: object = None    # (cfg, per-process batch) -> the (N, M) its SIGReg sums over (the kernels' self-test)
+
+METHODS = {
+    'ijepa': Method(ijepa_loss, 'ema', ('predictor',)),
+    'ijepa_sigreg': Method(ijepa_sigreg_loss, 'self', ('predictor',), {'pred_lr': 1.0}, sigreg_sums=lambda c, B: [
+        (n, c['num_slices']) for n in {B, *(B * (S // c['patch_size']) ** 2 for S in (crop_size(0, c), c['img_size']))}]),
+    'sparse': Method(ijepa_loss, 'ema', ('predictor',), {'pred_lr': 1.0}, after_step=sparse_prox,
+                     log_terms=sparse_terms, no_decay=('predictor.embed.weight',)),
+    'lejepa': Method(lejepa_loss, 'none', ('projector',), {'sigreg_weight': 0.1}, sigreg_sums=lambda c, B: [
+        (B, (c['global_views'] + c['local_views']) * c['num_slices'])]),
+    'infonce': Method(infonce_loss, 'none', ('projector',)),
+}
 
 # ----------------------------------------------------------------------------- EMA and schedules
 @torch.no_grad()
@@ -452,41 +479,44 @@ def ema_update(target, online, momentum):
     torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in online.parameters()], 1 - momentum)
 
 def schedules(progress, cfg):
-    """Learning rate (linear warm-up, cosine decay), weight decay (cosine rise) and EMA momentum (linear from ema
-    to ema_end) at a fraction `progress` in [0, 1] of training."""
-    p = min(max(progress, 0.0), 1.0)
+    """Learning rate (linear warm-up to the peak, cosine decay), weight decay (cosine rise) and EMA momentum (linear
+    from start to end; derive gives all three's values) at a fraction `progress` in [0, 1] of training."""
+    p, d = min(max(progress, 0.0), 1.0), derive(cfg)
     if p < cfg['warmup']:
-        lr_now = cfg['lr'] * p / cfg['warmup']
+        lr_now = d['peak_lr'] * p / cfg['warmup']
     else:
         q = (p - cfg['warmup']) / (1 - cfg['warmup'])
-        lr_now = cfg['min_lr'] + (cfg['lr'] - cfg['min_lr']) * 0.5 * (1 + math.cos(math.pi * q))
+        lr_now = cfg['min_lr'] + (d['peak_lr'] - cfg['min_lr']) * 0.5 * (1 + math.cos(math.pi * q))
     wd = cfg['weight_decay_end'] + (cfg['weight_decay'] - cfg['weight_decay_end']) * 0.5 * (1 + math.cos(math.pi * p))
-    momentum = cfg['ema'] + (cfg['ema_end'] - cfg['ema']) * p
+    momentum = d['momentum'] + (d['momentum_end'] - d['momentum']) * p
     return lr_now, wd, momentum
 
 def crop_size(progress, cfg):
-    """Progressive resizing: crops of lowres * img_size px (whole patches, a grid of at least 4x4) for the first
-    lowres_frac of training, then img_size. Fewer tokens make early steps cheaper (48 px: 36 tokens for 64), so
-    more images fit the budget; RoPE takes any grid, and the last part of training is at the probe's size."""
+    """Progressive resizing: crops of lowres * img_size px (whole patches, at least 4x4) for the first lowres_frac of
+    training, then img_size: cheaper early steps (48 px: 36 tokens for 64), any grid for RoPE, the probe's size last."""
     if progress >= cfg['lowres_frac']:
         return cfg['img_size']
     p = cfg['patch_size']
     return max(4, round(cfg['img_size'] * cfg['lowres'] / p)) * p
 
 def make_optimizer(model, cfg):
-    """AdamW; no weight decay on biases, norms, tokens (1-D params) nor on the group-lasso matrix. Each group
-    knows whether it holds the predictor, whose lr train scales by pred_lr."""
+    """AdamW, fused into one kernel where it can be; no weight decay on biases, norms, tokens (1-D params) nor on
+    the parameters the method names. Each group knows whether it holds the predictor, whose lr is pred_lr times."""
     groups = {}  # (decays, predictor) -> params: the same groups whatever pred_lr is, so a resumed run may change it
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        group_lasso_w = cfg['method'] == 'sparse' and name == 'predictor.embed.weight'
-        decays = not (p.dim() < 2 or 'token' in name or group_lasso_w)
-        groups.setdefault((decays, name.startswith('predictor.')), []).append(p)
-    fused = next(model.parameters()).device.type in ('cpu', 'cuda')  # one kernel for all parameters: 6 -> 1 ms a step
+        if p.requires_grad:
+            decays = not (p.dim() < 2 or 'token' in name or name in model.method.no_decay)
+            groups.setdefault((decays, name.startswith('predictor.')), []).append(p)
+    fused = next(model.parameters()).device.type in ('cpu', 'cuda')
     return torch.optim.AdamW([{'params': ps, 'weight_decay': cfg['weight_decay'] if decays else 0.0,
                                'predictor': pred} for (decays, pred), ps in groups.items()],
-                             lr=cfg['lr'], betas=(0.9, 0.95), fused=fused)
+                             lr=derive(cfg)['peak_lr'], betas=(0.9, 0.95), fused=fused)
+
+def set_schedules(opt, cfg, lr_now, wd):
+    for group in opt.param_groups:
+        group['lr'] = lr_now * (cfg['pred_lr'] if group['predictor'] else 1)
+        if group['weight_decay'] > 0:
+            group['weight_decay'] = wd
 
 # ----------------------------------------------------------------------------- augmentation
 # Batched on the device: each image gets its own crop box, flip and jitter, through one grid_sample.
@@ -530,114 +560,90 @@ def color_jitter(x, g, strength=0.4, p_gray=0.2):
     return (x - mean) / std
 
 # ----------------------------------------------------------------------------- training loop
-def step_generator(seed, step, dev):
-    """The step's augmentation and masks come from a generator seeded by (seed, step): a resumed run replays
-    exactly the steps it would have taken. (The key's last 0 keeps the streams the README's results drew.)"""
-    return torch.Generator(device=dev).manual_seed(stream_seed('step', seed, step, 0))
+def train(cfg):
+    """Pre-train one method -> (model, data, stats). Under torchrun each process trains on its shard of every batch
+    (DDP averages the gradients); only the first process (rank 0) prints, logs and writes checkpoints."""
+    r = start_run(cfg)  # device, data, model, optimizer, resumed state, log file
+    model, opt, scaler, clock, step, last = r.model, r.opt, r.scaler, r.clock, r.step, {}
+    while (clock.elapsed() < r.budget) if r.budget else (step < r.total):
+        p = clock.elapsed() / r.budget if r.budget else step / r.total  # the schedules and crop size follow it
+        lr_now, wd, momentum = schedules(p, cfg)
+        set_schedules(opt, cfg, lr_now, wd)
+        epoch, i = divmod(step, r.per_epoch)
+        order = epoch_order(cfg['seed'], epoch, r.data['train_x'].shape[0], r.dev)  # (n_train,) a permutation
+        x = r.data['train_x'][order[(i * r.world + r.rank) * r.shard:(i * r.world + r.rank + 1) * r.shard]]  # this
+        batch = Batch(x, step_generator(cfg['seed'], step, r.dev, r.rank), step, p)  # process's (B / processes) images
+        with r.autocast, tf32(True):  # TF32 for the step's fp32 matmuls only (SIGReg turns it off for its own)
+            loss, terms = r.net(batch)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()  # under DDP the gradients are averaged over the processes here
+        scaler.unscale_(opt)
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float('inf'))  # measures, does not clip
+        scaler.step(opt)
+        scaler.update()
+        if model.method.after_step:
+            model.method.after_step(model, lr_now)
+        if model.target is not None:
+            ema_update(model.target, model.encoder, momentum)
+        step += 1
+        if clock.first is None:  # the first step compiles (torch.compile): off the budget clock and the speed
+            print(f"warm-up: the first step took {clock.start(step):.1f} s (compiling), off the budget clock")
+        done = (clock.elapsed() >= r.budget) if r.budget else step == r.total
+        terms = {'loss': loss, **terms, 'grad_norm': grad_norm}
+        if step % cfg['log_every'] == 0 or done:
+            last = log_step(r, step, terms, (lr_now, wd, momentum))
+        if step % r.per_epoch == 0 or done:
+            save_run(r, step, terms)
+    if r.log_file:
+        r.log_file.close()
+    return model, r.data, {'train_seconds': clock.elapsed(sync=True), 'params_M': r.params_m, 'steps': step,
+                           'img_per_s': clock.speed(step, cfg['batch_size'], since_start=True), 'run_dir': r.run_dir,
+                           'final_loss': last.get('loss', float('nan'))}
+
+@functools.lru_cache(maxsize=1)
+def epoch_order(seed, epoch, n, dev):
+    """A fresh permutation of the n training images per epoch, seeded by it: a resumed run takes the same."""
+    g = torch.Generator(device=dev).manual_seed(stream_seed('order', seed, epoch))
+    return torch.randperm(n, generator=g, device=dev)
+
+def step_generator(seed, step, dev, rank=0):
+    """The step's augmentation and masks, seeded by (seed, step, rank): a resumed run replays its steps exactly."""
+    return torch.Generator(device=dev).manual_seed(stream_seed('step', seed, step, rank))
 
 def stream_seed(*key):
     """The seed of one random stream, named by a purpose and numbers: distinct keys give unrelated 63-bit seeds
     (no stream is another one shifted by a step, as seed * c + step would make them)."""
     return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], 'little') >> 1
 
-def train(cfg):
-    """Pre-train one method; returns (model, data, stats)."""
-    dev = pick_device(cfg['device'])
-    run_dir = cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}")
-    policy = device_policy(dev, cfg['triton_kernels'])
-    if policy.kernels:  # a family that fails its self-test runs in PyTorch
-        self_test_kernels(cfg, dev, policy)
-    print(device_line(dev, policy))
-    data = load_data(cfg, dev)
-    open_run_dir(run_dir)  # only now: bad data leaves no empty run directory behind
-    n_train, B = data['train_x'].shape[0], cfg['batch_size']
-    if n_train < B:
-        raise UserError(f"--batch_size={B} is larger than the training set ({n_train} images)")
-    steps_per_epoch = n_train // B
-    total = cfg['steps'] if cfg['steps'] > 0 else cfg['epochs'] * steps_per_epoch
-    budget = cfg['budget_minutes'] * 60
-    model = build_model(cfg, dev)
-    opt = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(torch.device(dev).type, enabled=policy.scaler)  # fp16: loss scaling
-    params_m = sum(p.numel() for p in model.encoder.parameters()) / 1e6
-    print(f"data: {cfg['data']}, {n_train} train / {data['test_x'].shape[0]} test images, {len(data['classes'])} "
-          f"classes, {cfg['img_size']}px | method: {cfg['method']} | encoder {params_m:.2f}M params | "
-          + (f"budget {cfg['budget_minutes']} min" if budget else f"{total} steps ({steps_per_epoch}/epoch)")
-          + (f" | crops {crop_size(0, cfg)} px for the first {cfg['lowres_frac']:.0%}, then {cfg['img_size']}"
-             if cfg['method'] in MASKED and crop_size(0, cfg) != cfg['img_size'] else ''))
-    step, elapsed = resume_from_checkpoint(run_dir, cfg, model, opt, scaler) if cfg['resume'] else (0, 0.0)
-    with open(os.path.join(run_dir, 'config.json'), 'w') as f:
-        json.dump({'config': cfg, 'versions': versions(dev)}, f, indent=1)
-    if cfg['compile']:
-        compile_networks(model)
-    log_file = open(os.path.join(run_dir, 'log.jsonl'), 'a')
-    autocast = torch.autocast(torch.device(dev).type, dtype=policy.dtype) if policy.dtype else nullcontext()
-    unchecked = ('grad_norm',) if scaler.is_enabled() else ()  # loss scaling skips a step whose gradient is inf
+def log_step(r, step, terms, schedule):
+    """One log line: printed and appended to log.jsonl (rank 0: its own shard's losses) -> the record."""
+    lr_now, wd, momentum = schedule
+    extra = r.model.method.log_terms(r.model) if r.model.method.log_terms else {}
+    rec = {'step': step, 'epoch': round(step / r.per_epoch, 3), **read_finite(terms | extra, step, r), 'lr': lr_now,
+           'wd': wd, **({'momentum': momentum} if r.model.target is not None else {}),
+           'img_per_s': r.clock.speed(step, r.cfg['batch_size']), 'elapsed_s': r.clock.elapsed()}
+    left = r.budget - rec['elapsed_s'] if r.budget else (r.total - step) * (rec['elapsed_s'] - r.clock.before) / max(
+        step - (r.clock.first or step), 1)
+    print(f"step {step}/{r.total if not r.budget else '?'} | " + ' | '.join(
+          f"{k} {v:.4g}" for k, v in rec.items() if k not in ('step', 'elapsed_s')) + f" | eta {left / 60:.1f} min",
+          flush=True)
+    if r.log_file:
+        r.log_file.write(json.dumps(rec) + '\n')
+        r.log_file.flush()
+    return rec
 
-    def checkpoint(epoch, elapsed, terms):
-        read_finite(terms, step, run_dir, unchecked)  # never save non-finite weights
-        save_checkpoint(os.path.join(run_dir, f"ckpt_{step:07d}.pt"), {
-            'model': model.state_dict(), 'optimizer': opt.state_dict(), 'scaler': scaler.state_dict(),
-            'config': cfg, 'step': step, 'epoch': epoch, 'elapsed': elapsed, 'versions': versions(dev)})
-
-    clock, order_epoch, last, mark = Clock(dev, elapsed), -1, {}, None  # mark: (step, elapsed) of the last log line
-    while (clock.elapsed() < budget) if budget else (step < total):
-        epoch, i = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:  # a fresh permutation per epoch, seeded by it: resumable
-            g = torch.Generator(device=dev).manual_seed(stream_seed('order', cfg['seed'], epoch))
-            order, order_epoch = torch.randperm(n_train, generator=g, device=dev), epoch
-        p = clock.elapsed() / budget if budget else step / max(total, 1)  # the schedules and crop size follow it
-        lr_now, wd, momentum = schedules(p, cfg)
-        for group in opt.param_groups:
-            group['lr'] = lr_now * (cfg['pred_lr'] if group['predictor'] else 1)
-            if group['weight_decay'] > 0:
-                group['weight_decay'] = wd
-        x = data['train_x'][order[i * B:(i + 1) * B]]  # (B, 3, S, S) uint8
-        with autocast, tf32(True):  # TF32 for the step's fp32 matmuls only (SIGReg turns it off for its own)
-            loss, logs = model(x, step_generator(cfg['seed'], step, dev), step, p)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float('inf'))  # measures, does not clip
-        scaler.step(opt)
-        scaler.update()
-        if cfg['method'] == 'sparse':
-            threshold = lr_now * cfg['pred_lr'] * cfg['group_lambda']  # W's own lr times lambda: the prox of its step
-            prox_group_lasso_(model.predictor.embed.weight, cfg['num_groups'], threshold)
-        if model.target is not None:
-            ema_update(model.target, model.encoder, momentum)
-        step += 1
-        if mark is None:  # the first step compiles (torch.compile): off the budget clock and the speed
-            print(f"warm-up: the first step took {clock.start(step):.1f} s (compiling), off the budget clock")
-            mark = (step, clock.elapsed())
-        done = (clock.elapsed() >= budget) if budget else step == total
-        if step % cfg['log_every'] == 0 or done:
-            elapsed = clock.elapsed(sync=True)
-            terms = {'loss': loss, **logs, 'grad_norm': grad_norm}
-            last = {'step': step, **log_record(model, cfg, step, step / steps_per_epoch, terms, unchecked,
-                                               (lr_now, wd, momentum), run_dir),
-                    'img_per_s': (step - mark[0]) * B / max(elapsed - mark[1], 1e-9), 'elapsed_s': elapsed}
-            mark = (step, elapsed)
-            left = (budget - elapsed) if budget else (total - step) * (elapsed - clock.before) / max(step - clock.first, 1)
-            print(f"step {step}/{total if not budget else '?'} | " + ' | '.join(
-                  f"{k} {v:.4g}" for k, v in last.items() if k not in ('step', 'elapsed_s')) +
-                  f" | eta {left / 60:.1f} min", flush=True)
-            log_file.write(json.dumps(last) + '\n')
-            log_file.flush()
-        if step % steps_per_epoch == 0 or done:
-            checkpoint(step / steps_per_epoch, clock.elapsed(sync=True), {'loss': loss, **logs, 'grad_norm': grad_norm})
-    elapsed = clock.elapsed(sync=True)
-    log_file.close()
-    timed = step - clock.first if clock.first is not None else 0  # this process's steps after its first
-    return model, data, {'train_seconds': elapsed, 'img_per_s': timed * B / max(elapsed - clock.before, 1e-9),
-                         'params_M': params_m, 'steps': step, 'run_dir': run_dir,
-                         'final_loss': last.get('loss', float('nan'))}
-
+def save_run(r, step, terms):
+    """A checkpoint of everything a resumed run needs (rank 0 writes it); never of non-finite weights."""
+    read_finite(terms, step, r)
+    if r.rank == 0:
+        save_checkpoint(os.path.join(r.run_dir, f"ckpt_{step:07d}.pt"), {
+            'model': r.model.state_dict(), 'optimizer': r.opt.state_dict(), 'scaler': r.scaler.state_dict(),
+            'config': r.cfg, 'step': step, 'epoch': step / r.per_epoch, 'elapsed': r.clock.elapsed(sync=True),
+            'versions': versions(r.dev)})
 
 class Clock:
-    """Training seconds on the budget clock: wall time since the end of this process's first step (which
-    compiles, and is left off), plus the seconds a resumed run had before. With sync=True the GPU finishes its
-    queued work first, so it is counted; without, the host's estimate, which steers a budget run between logs."""
+    """Training seconds (since the end of this process's first step, which compiles, plus a resumed run's before) and
+    images per second between readings. sync=True counts the GPU's queued work; without, the host's estimate."""
     def __init__(self, dev, before):
         self.dev, self.before, self.t0, self.first, self.made = dev, before, None, None, time.time()
 
@@ -646,96 +652,41 @@ class Clock:
             torch.cuda.synchronize(self.dev)
         return self.before + (time.time() - self.t0 if self.t0 is not None else 0.0)
 
-    def start(self, step):
-        """After this process's first step, which ended at `step` -> that step's seconds."""
+    def start(self, step):  # after this process's first step, which ended at `step` -> that step's seconds
         self.elapsed(sync=True)
-        self.t0, self.first = time.time(), step
+        self.t0, self.first, self.mark = time.time(), step, (step, self.before)
         return self.t0 - self.made
 
+    def speed(self, step, batch_size, since_start=False):  # images per second since the last reading (or the start)
+        s0, t0 = (self.first or step, self.before) if since_start or self.first is None else self.mark
+        self.mark = (step, self.elapsed(sync=True))
+        return (step - s0) * batch_size / max(self.mark[1] - t0, 1e-9)
 
-# ----------------------------------------------------------------------------- summary
-def summarize(model, data, cfg, stats):
-    """Linear probe of the trained representation and of a random-init encoder of the same shape."""
-    out = {'method': cfg['method'], 'data': cfg['data']}
-    if cfg['probe']:
-        random_init = build_model(dict(cfg, seed=cfg['seed'] + 1), data['train_x'].device).encoder  # same shape
-        for name, enc in (('', model.features_encoder()), ('_random_init', random_init)):
-            tr, te = extract_features(enc, data['train_x']), extract_features(enc, data['test_x'])
-            out[f'probe_acc{name}'] = linear_probe(tr, data['train_y'].to(tr.device), te, data['test_y'].to(te.device))
-    out.update({k: stats[k] for k in ('train_seconds', 'img_per_s', 'params_M', 'steps', 'final_loss')})
-    print('-' * 20 + ' summary')
-    for k, v in out.items():
-        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
-    with open(os.path.join(stats['run_dir'], 'summary.json'), 'w') as f:
-        json.dump(out, f, indent=1)
-    return out
-
+# ----------------------------------------------------------------------------- main
 def main(argv):
     cfg = parse_args(argv)
-    model, data, stats = train(cfg)
-    return summarize(model, data, cfg, stats)
+    try:
+        model, data, stats = train(cfg)
+        if not rank():  # one process, or rank 0: the end-of-run linear probe and summary (probe.py)
+            import probe
+            return probe.summarize(model, data, cfg, stats)
+    finally:
+        rank() is not None and torch.distributed.destroy_process_group()
 
-# The evaluation protocol's features and linear probe (probe.py adds kNN and precision@k around them):
-# average-pooled frozen tokens; standardised features, L-BFGS logistic regression, weight decay chosen on a
-# held-out 10 % of train.
-@torch.no_grad()
-def extract_features(model, images, batch_size=512):
-    """Average-pooled output tokens of a frozen encoder. images uint8 (N, 3, S, S) -> features float32 (N, D)."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    autocast = torch.autocast(dev.type, dtype) if (dtype := device_policy(str(dev), False).dtype) else nullcontext()
-    out = []
-    for x in images.split(batch_size):
-        with autocast:
-            out.append(model(normalize(x.to(dev))).mean(1).float())  # (b, D)
-    model.train(was_training)
-    return torch.cat(out)
-
-def _fit_logreg(x, y, num_classes, wd, max_iter=500):
-    """Multinomial logistic regression, L-BFGS to convergence on the whole set. x (N, D) -> (W (D, C), b (C,))."""
-    W = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
-    b = torch.zeros(num_classes, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
-                            history_size=20, line_search_fn='strong_wolfe')
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ W + b, y) + 0.5 * wd * W.pow(2).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return W.detach(), b.detach()
-
-def linear_probe(train_x, train_y, test_x, test_y, wds=(1e-5, 1e-4, 1e-3, 1e-2), holdout=0.1, seed=0):
-    """Top-1 accuracy of a linear classifier on frozen features. Features standardised with train statistics;
-    the weight decay with the best accuracy on a held-out part of train is refit on all of train."""
-    train_x, test_x = train_x.float(), test_x.float()
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    C = int(max(train_y.max(), test_y.max())) + 1
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(train_x), generator=g).to(train_x.device)
-    n_hold = max(1, int(len(train_x) * holdout))
-    hold, fit = perm[:n_hold], perm[n_hold:]
-    best = max(wds, key=lambda wd: _accuracy(*_fit_logreg(train_x[fit], train_y[fit], C, wd), train_x[hold], train_y[hold]))
-    return _accuracy(*_fit_logreg(train_x, train_y, C, best), test_x, test_y)
-
-def _accuracy(W, b, x, y):
-    return ((x @ W + b).argmax(1) == y).float().mean().item()
+def rank():
+    """This process's rank under torchrun, once it has joined the process group; else None."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
 
 # =============================================================================
-# plumbing: data readers
-# Every dataset becomes the same dict: uint8 images (N, 3, S, S) and int64 labels for a train and a test
-# split, plus class names. It is decoded once, then moved to the device; batches are indexed out of it and
-# augmented there, so the training loop runs no per-image Python.
+# plumbing: data readers. Every dataset becomes one dict: uint8 images (N, 3, S, S) and int64 labels of a train and a
+# test split, and class names; decoded once and moved to the device, so the training loop runs no per-image Python.
 
 CIFAR = {'cifar10': ('cifar-10-python.tar.gz', 'batches.meta'),  # the canonical archive, its meta file
          'cifar100': ('cifar-100-python.tar.gz', 'meta')}
-# The embedded dataset's 12 classes: three identical blobs in one of 12 arrangements, as offsets on a unit
-# lattice (x right, y down). Every image holds the same parts, so a bag of patch statistics (what a random-init
-# encoder, average-pooled, mostly sees) cannot tell the classes apart; predicting a hidden blob from the visible
-# ones (what a JEPA learns) needs exactly the arrangement.
+# The embedded dataset's 12 classes: three identical blobs in one of 12 arrangements (offsets on a unit lattice, x
+# right, y down). A bag of patch statistics (what a random-init encoder, pooled, sees) cannot tell them apart;
+# predicting a hidden blob from the visible ones (what a JEPA learns) needs exactly the arrangement.
 ARRANGEMENTS = {
     'row': [(-1, 0), (0, 0), (1, 0)], 'column': [(0, -1), (0, 0), (0, 1)], 'diagonal': [(-1, -1), (0, 0), (1, 1)],
     'antidiagonal': [(-1, 1), (0, 0), (1, -1)], 'corner_tl': [(-1, -1), (1, -1), (-1, 1)], 'corner_tr':
@@ -788,9 +739,8 @@ def load_cifar(cfg):
     def unpickle(f):
         if f not in member:
             raise UserError(f"{root} has no member {f!r}: is it the CIFAR python-version archive or folder?")
-        blob = src.read(member[f])
         try:
-            return pickle.loads(blob, encoding='bytes')
+            return pickle.loads(src.read(member[f]), encoding='bytes')
         except Exception as e:
             raise UserError(f"{f} in {root} does not unpickle ({type(e).__name__}): the archive is corrupt")
     key = b'fine_labels' if name == 'cifar100' else b'labels'
@@ -821,12 +771,12 @@ class FileSource:
             elif zipfile.is_zipfile(path):
                 z = zipfile.ZipFile(path)
                 self.names, self._read = [n for n in z.namelist() if not n.endswith('/')], z.read
-            elif path.endswith(('.tar', '.tar.gz', '.tgz')):
+            elif not path.endswith(('.tar', '.tar.gz', '.tgz')):
+                raise UserError(f"{path} is not a readable zip archive: pass the folder, a complete .zip or a .tar.gz")
+            else:
                 t = tarfile.open(path)
                 members = {m.name: m for m in t.getmembers() if m.isfile()}
                 self.names, self._read = list(members), lambda n: t.extractfile(members[n]).read()
-            else:
-                raise UserError(f"{path} is not a readable zip archive: pass the folder, a complete .zip or a .tar.gz")
         except self.ERRORS as e:
             raise UserError(f"{path} is truncated or not a valid archive ({e}); download it again or pass the folder")
 
@@ -900,9 +850,8 @@ def decode_all(src, names, size):
     out = torch.empty(len(names), 3, size, size, dtype=torch.uint8)
     t0 = time.time()
     for i, n in enumerate(names):
-        blob = src.read(n)
         try:
-            im = Image.open(io.BytesIO(blob)).convert('RGB').resize((size, size), Image.BICUBIC)
+            im = Image.open(io.BytesIO(src.read(n))).convert('RGB').resize((size, size), Image.BICUBIC)
         except Exception as e:
             raise UserError(f"cannot decode image {src.path}:{n} ({type(e).__name__}); remove or replace the file")
         out[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -912,8 +861,19 @@ def decode_all(src, names, size):
     return out
 
 def load_data(cfg, dev):
-    d = {'shapes': load_shapes, 'cifar10': load_cifar, 'cifar100': load_cifar,
-         'tinyimagenet': load_tinyimagenet, 'folder': load_folder}[cfg['data']](cfg)
+    """The dataset dict of cfg, on dev. Under torchrun rank 0 reads and decodes it while the others wait, then
+    sends it to them (or its error: every process stops with the same message)."""
+    box = [None]
+    if not rank():  # one process, or rank 0
+        try:
+            box[0] = {'shapes': load_shapes, 'cifar10': load_cifar, 'cifar100': load_cifar,
+                      'tinyimagenet': load_tinyimagenet, 'folder': load_folder}[cfg['data']](cfg)
+        except UserError as e:
+            box[0] = e
+    if rank() is not None:
+        torch.distributed.broadcast_object_list(box, src=0)
+    if isinstance(d := box[0], UserError):
+        raise d
     for k in ('train_x', 'test_x'):
         if d[k].shape[-1] != cfg['img_size']:  # cifar is stored at 32x32
             d[k] = F.interpolate(d[k].float(), size=cfg['img_size'], mode='bicubic', antialias=True).clamp(0, 255).round().byte()
@@ -921,11 +881,74 @@ def load_data(cfg, dev):
 
 # =============================================================================
 # plumbing: the training loop's set-up helpers
+def start_run(cfg):
+    """Everything train() needs, set up and printed -> a namespace (r): its net is what the loop calls, the model or
+    its DDP wrapper; step and clock are resumed or fresh; log_file is rank 0's."""
+    r = types.SimpleNamespace(cfg=cfg, run_dir=cfg['out_dir'] or os.path.join('runs', f"{cfg['data']}_{cfg['method']}"))
+    r.rank, r.world, r.dev = setup_distributed(cfg)
+    r.shard, policy = cfg['batch_size'] // r.world, device_policy(r.dev, cfg['triton_kernels'])
+    failed = self_test_kernels(cfg, r.dev, policy, r.shard) if policy.kernels else ()
+    print(device_line(r.dev, policy, failed) + (f", {r.world} processes (torchrun)" if r.world > 1 else ''))
+    r.data = load_data(cfg, r.dev)
+    if r.rank == 0:
+        open_run_dir(r.run_dir)  # only now: bad data leaves no empty run directory behind
+    n_train, B = r.data['train_x'].shape[0], cfg['batch_size']
+    if n_train < B:
+        raise UserError(f"--batch_size={B} is larger than the training set ({n_train} images)")
+    r.per_epoch, r.budget = n_train // B, cfg['budget_minutes'] * 60
+    r.total = cfg['steps'] or cfg['epochs'] * r.per_epoch
+    r.model = build_model(cfg, r.dev)
+    r.opt = make_optimizer(r.model, cfg)
+    r.scaler = torch.amp.GradScaler(torch.device(r.dev).type, enabled=policy.scaler)  # fp16: loss scaling
+    r.autocast = torch.autocast(torch.device(r.dev).type, dtype=policy.dtype) if policy.dtype else nullcontext()
+    r.params_m = sum(p.numel() for p in r.model.encoder.parameters()) / 1e6
+    print_header(r)
+    r.step, elapsed = resume_from_checkpoint(r) if cfg['resume'] else (0, 0.0)
+    r.clock = Clock(r.dev, elapsed)
+    if r.rank == 0:
+        with open(os.path.join(r.run_dir, 'config.json'), 'w') as f:
+            json.dump({'config': cfg, 'derived': derive(cfg), 'processes': r.world, 'versions': versions(r.dev)}, f)
+    if cfg['compile']:
+        compile_networks(r.model)
+    r.net = nn.parallel.DistributedDataParallel(r.model, device_ids=[r.dev] if r.dev.startswith('cuda') else None) \
+        if r.world > 1 else r.model
+    r.log_file = open(os.path.join(r.run_dir, 'log.jsonl'), 'a') if r.rank == 0 else None
+    return r
+
+def print_header(r):
+    """The run in two lines: the data, method and model; the length of training and what derive made of the config."""
+    cfg, d, (n, n_test, C) = r.cfg, derive(r.cfg), (len(r.data[k]) for k in ('train_x', 'test_x', 'classes'))
+    print(f"data: {cfg['data']}, {n} train / {n_test} test images, {C} classes, {cfg['img_size']}px | method: "
+          f"{cfg['method']} | encoder {r.params_m:.2f}M params")
+    print((f"budget {cfg['budget_minutes']} min" if r.budget else f"{r.total} steps ({r.per_epoch}/epoch)")
+          + f" of {cfg['batch_size']} images | peak lr {d['peak_lr']:.3g} (lr * 128 / width)"
+          + (f" | EMA momentum {d['momentum']:.4g} -> {d['momentum_end']:.4g} (ema ** (batch_size / 16))"
+             if r.model.target is not None else '')
+          + (f" | crops {crop_size(0, cfg)} px for the first {cfg['lowres_frac']:.0%}, then {cfg['img_size']}"
+             if 'predictor' in r.model.method.heads and crop_size(0, cfg) != cfg['img_size'] else ''))
+
+def setup_distributed(cfg):
+    """(rank, processes, device). Under torchrun (RANK set) join the process group: NCCL on GPUs (one per process),
+    gloo on CPUs; the processes other than rank 0 print nothing."""
+    dev = pick_device(cfg['device'])
+    if 'RANK' not in os.environ:
+        return 0, 1, dev
+    if dev == 'cuda':  # one GPU per process, chosen before NCCL starts
+        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(dev)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group('nccl' if dev.startswith('cuda') else 'gloo')
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if cfg['batch_size'] % world:
+        raise UserError(f"--batch_size={cfg['batch_size']} is not divisible by the {world} processes")
+    if rank > 0:
+        sys.stdout = open(os.devnull, 'w')
+    return rank, world, dev
+
 @functools.cache
 def kernels_available(device_type):
-    """Can the Triton kernels run on this kind of device? On CUDA when they import; on CPU only in Triton's
-    interpreter (TRITON_INTERPRET=1), slowly but exactly as written (tests use that). No triton: quietly no; a
-    triton too old for the kernels: no, with one warning."""
+    """Can the Triton kernels run here? On CUDA when they import; on CPU in Triton's interpreter (TRITON_INTERPRET=1,
+    slow but exact: the tests). No triton: quietly no; a triton too old for them: no, with one warning."""
     if device_type != 'cuda' and not (device_type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1'):
         return False
     try:
@@ -951,25 +974,26 @@ def device_policy(dev, kernels=True, capability=None):
     return Policy(torch.float16, True, False, f'sm_{major}{minor}: fp16 autocast with loss scaling (no native bf16), '
                   'Triton kernels off (no tensor-core dots below sm_80)')
 
-def self_test_kernels(cfg, dev, policy):
-    """The kernels' start-up self-test (kernels.self_test) on what this run launches: attention as (head dim,
-    heads, longest sequence, segments?) for the encoder and the predictor, SIGReg as the (N, M) it sums over."""
+def self_test_kernels(cfg, dev, policy, batch):
+    """The kernels' start-up self-test (kernels.self_test) on what this run launches: attention as (head dim, heads,
+    longest sequence, segments?) for the encoder and the predictor, SIGReg as the (N, M) it sums over for a
+    per-process batch of `batch` images -> the families that failed it (they run in PyTorch)."""
     import kernels
-    L = (cfg['img_size'] // cfg['patch_size']) ** 2  # the longest sequence: a whole image (the predictor's
-    uses = [(cfg['width'] // cfg['heads'], cfg['heads'], L, False)]  # context and targets never add up to more)
-    if cfg['method'] in MASKED:
+    method, L = METHODS[cfg['method']], (cfg['img_size'] // cfg['patch_size']) ** 2  # the longest sequence: a whole
+    uses = [(cfg['width'] // cfg['heads'], cfg['heads'], L, False)]  # image (the predictor's context and targets
+    if 'predictor' in method.heads:  # never add up to more)
         uses.append((cfg['pred_width'] // cfg['pred_heads'], cfg['pred_heads'], L, True))
-    B, M, sides = cfg['batch_size'], cfg['num_slices'], sorted({crop_size(0, cfg), cfg['img_size']})
-    shapes = {'lejepa': [(B, (cfg['global_views'] + cfg['local_views']) * M)],
-              'ijepa_sigreg': [(B, M)] + [(B * (S // cfg['patch_size']) ** 2, M) for S in sides]}
     kernels.failed.clear()
-    kernels.self_test(torch.device(dev), policy.dtype or torch.float32, uses, shapes.get(cfg['method'], []))
+    kernels.self_test(torch.device(dev), policy.dtype or torch.float32, uses,
+                      method.sigreg_sums(cfg, batch) if method.sigreg_sums else [])
+    return kernels.failed
 
-def device_line(dev, policy):
-    """What trains where: device, precision, and the attention and SIGReg paths (after the self-test)."""
-    path = lambda family, other: 'Triton' if policy.kernels and family not in sys.modules['kernels'].failed else other  # noqa: E731
+def device_line(dev, policy, failed=()):
+    """What trains where: device, precision, and the attention and SIGReg paths (failed: the self-test's failures)."""
+    failed = failed if policy.kernels else ('attention', 'sigreg')
     name = f" ({torch.cuda.get_device_name(dev)})" if dev.startswith('cuda') else ''
-    return f"device: {dev}{name}, {policy.why}, {path('attention', 'SDPA')} attention, {path('sigreg', 'PyTorch')} SIGReg"
+    return (f"device: {dev}{name}, {policy.why}, {'SDPA' if 'attention' in failed else 'Triton'} attention, "
+            f"{'PyTorch' if 'sigreg' in failed else 'Triton'} SIGReg")
 
 @contextmanager
 def tf32(enabled):
@@ -980,52 +1004,38 @@ def tf32(enabled):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 
-def resume_from_checkpoint(run_dir, cfg, model, opt, scaler):
-    """Load the newest checkpoint of run_dir into model, opt and the gradient scaler -> (step, elapsed seconds)."""
-    ckpts = list_checkpoints(run_dir)
+def resume_from_checkpoint(r):
+    """The newest checkpoint of the run into model, optimizer and scaler (every process) -> (step, seconds so far)."""
+    ckpts = list_checkpoints(r.run_dir)
     if not ckpts:
-        raise UserError(f"--resume=True but {run_dir} has no checkpoint: drop --resume or point --out_dir at a run")
+        raise UserError(f"--resume=True but {r.run_dir} has no checkpoint: drop --resume or point --out_dir at a run")
     ck = load_checkpoint(ckpts[-1])
-    check_compatible(ck['config'], cfg, ckpts[-1])
-    model.load_state_dict(ck['model'])
-    opt.load_state_dict(ck['optimizer'])
+    check_compatible(ck['config'], r.cfg, ckpts[-1])
+    r.model.load_state_dict(ck['model'])
+    r.opt.load_state_dict(ck['optimizer'])
     if ck.get('scaler'):
-        scaler.load_state_dict(ck['scaler'])
-    truncate_log(os.path.join(run_dir, 'log.jsonl'), ck['step'])
+        r.scaler.load_state_dict(ck['scaler'])
+    if r.rank == 0:
+        truncate_log(os.path.join(r.run_dir, 'log.jsonl'), ck['step'])
     print(f"resumed from {ckpts[-1]} at step {ck['step']}")
     return ck['step'], ck['elapsed']
 
 def compile_networks(model):
     """torch.compile of the networks only (masks and augmentation stay eager; lengths vary, so dynamic shapes;
-    in place, so state_dict keys stay)."""
-    import torch._inductor.config as inductor_config
-    # no channels-last rewrite of the patch-embedding conv: with two view sizes (LeJEPA's global and local
-    # views) inductor kept the first size's channels-last strides as constants and the backward failed
-    inductor_config.layout_optimization = False
+    in place, so state_dict keys stay). No channels-last layout: with two view sizes (LeJEPA's global and local
+    views) inductor would keep the first size's strides for the patch-embedding convolution."""
+    torch._inductor.config.layout_optimization = False
     for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
-        if net is not None:
-            net.compile(dynamic=True)
+        net is not None and net.compile(dynamic=True)
 
-def log_record(model, cfg, step, epoch, terms, unchecked, schedule, run_dir):
-    """One log line's numbers: losses and their terms, gradient norm, schedules, SparseJEPA's group sparsity."""
-    lr_now, wd, momentum = schedule
-    if cfg['method'] == 'sparse':
-        W = model.predictor.embed.weight
-        terms.update(omega=group_lasso(W, cfg['num_groups']), group_sparsity=group_sparsity(W, cfg['num_groups']))
-    rec = {'epoch': round(epoch, 3), **read_finite(terms, step, run_dir, unchecked), 'lr': lr_now, 'wd': wd}
-    if model.target is not None:
-        rec['momentum'] = momentum
-    return rec
-
-def read_finite(terms, step, run_dir, unchecked=()):
-    """Scalar tensors -> numbers, in one device-to-host copy (one synchronisation per log line). A NaN or inf stops
-    the run before anything is saved; checking at log lines and checkpoints only is enough, because a non-finite
-    step leaves the weights non-finite, and so the losses of every later step. unchecked: terms allowed to be (the
-    gradient norm under loss scaling, whose inf steps the scaler skips)."""
+def read_finite(terms, step, r):
+    """Scalar tensors -> numbers, in one device-to-host copy. A NaN or inf stops the run before anything is saved
+    (checked at log lines and checkpoints: a non-finite step leaves the weights, and every later loss, non-finite);
+    under loss scaling the gradient norm may be inf: the scaler skips that step."""
     values = dict(zip(terms, torch.stack([torch.as_tensor(v).detach().float() for v in terms.values()]).tolist()))
-    if bad := [k for k, v in values.items() if not math.isfinite(v) and k not in unchecked]:
+    if bad := [k for k, v in values.items() if not math.isfinite(v) and not (k == 'grad_norm' and r.scaler.is_enabled())]:
         raise UserError(f"non-finite {', '.join(bad)} at step {step}: stopped before saving it; the last good "
-                        f"checkpoint in {run_dir} is kept. Try a lower --lr or --triton_kernels=False")
+                        f"checkpoint in {r.run_dir} is kept. Try a lower --lr or --triton_kernels=False")
     return values
 
 # =============================================================================
@@ -1033,9 +1043,8 @@ def read_finite(terms, step, run_dir, unchecked=()):
 def open_run_dir(run_dir):
     """Create the run directory; remove the half-written checkpoints of a killed run."""
     os.makedirs(run_dir, exist_ok=True)
-    for f in os.listdir(run_dir):
-        if f.endswith('.pt.tmp'):
-            os.remove(os.path.join(run_dir, f))
+    for f in [f for f in os.listdir(run_dir) if f.endswith('.pt.tmp')]:
+        os.remove(os.path.join(run_dir, f))
 
 def save_checkpoint(path, state):
     """Atomic: write a temp file, flush it to disk, rename over the target. A crash leaves the old file."""
@@ -1048,9 +1057,8 @@ def save_checkpoint(path, state):
 
 def list_checkpoints(run_dir):
     """Epoch checkpoints of a run directory, oldest first."""
-    if not os.path.isdir(run_dir):
-        return []
-    return sorted(os.path.join(run_dir, f) for f in os.listdir(run_dir) if re.fullmatch(r'ckpt_\d+\.pt', f))
+    files = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    return sorted(os.path.join(run_dir, f) for f in files if re.fullmatch(r'ckpt_\d+\.pt', f))
 
 def load_checkpoint(path):
     """A checkpoint as a dict; UserError when the file is missing, truncated or not ours."""
@@ -1080,47 +1088,43 @@ def versions(dev):
 
 def check_compatible(saved, cfg, path):
     """Resuming needs the same model and method; anything else (epochs, lr, ...) may change."""
-    keys = ('method', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth',
-            'pred_heads', 'proj_dim', 'num_groups', 'img_size')
-    diff = [f"{k}={saved.get(k)} (now {cfg[k]})" for k in keys if saved.get(k) != cfg[k]]
-    if diff:
-        raise UserError(f"{path} was trained with {', '.join(diff)}: resume with the same "
-                        "settings or use another --out_dir")
+    keys = ('method', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth', 'pred_heads', 'proj_dim',
+            'num_groups', 'img_size')
+    if diff := [f"{k}={saved.get(k)} (now {cfg[k]})" for k in keys if saved.get(k) != cfg[k]]:
+        raise UserError(f"{path} was trained with {', '.join(diff)}: resume with the same settings or use another --out_dir")
 
-def config_help():
-    """Each config line of this file, `name = default  # comment`, as the -h text."""
-    src = open(__file__).read()
-    block = src.split('# ' + '-' * 77 + ' config')[1].split('# ' + '-' * 77)[0]
-    lines = ['usage: python jepa.py [--key=value ...]', '']
-    for line in block.splitlines():
-        m = re.match(r'^(\w+) = (.+?)\s+# (.*)$', line)
-        if m:
-            lines.append(f"  {'--' + m[1] + '=' + m[2].strip(chr(39)):<26} {m[3]}")
-        elif line.startswith('# ') and not line.startswith('# Every'):
-            lines.append(line[2:] + ':')
-    return '\n'.join(lines)
+def config_help(cfg):
+    """-h: each config line of this file, `name = value  # comment`, with the value this run would use (the method's
+    record and the arguments given applied), then what derive makes of them."""
+    lines = open(__file__).read().splitlines()
+    rows = [i for i, line in enumerate(lines) if line.split(' = ')[0] in CONFIG_KEYS and ' = ' in line]
+    out = [f"usage: python jepa.py [--key=value ...]    (the values a run of --method={cfg['method']} uses)", '']
+    for line in lines[rows[0] - 1:rows[-1] + 1]:
+        if m := re.match(r'^(\w+) = .+?\s+# (.*)$', line):
+            out.append(f"  {f'--{m[1]}={cfg[m[1]]}':<26} {m[2]}")
+        elif line.startswith('# '):
+            out.append(line[2:] + ':')
+    return '\n'.join(out + ['derived (not keys):'] + [f"  {k} = {v:.6g}" for k, v in derive(cfg).items()])
 
 def parse_args(argv, defaults=None, help_text=None):
-    """`--key=value` overrides of the defaults (this file's config block unless given) -> config dict.
-    Raises UserError; -h prints help_text (this file's config block unless given) and exits."""
-    cfg = {k: globals()[k] for k in CONFIG_KEYS} if defaults is None else dict(defaults)
-    given = set()
-    for arg in argv:
-        if arg in ('-h', '--help'):
-            print(help_text or config_help())
-            sys.exit(0)
+    """`--key=value` arguments -> config dict. For jepa.py (defaults None): the config block, then the values of the
+    method's record, then the arguments; -h prints the values that run would use and exits. probe.py and
+    analyze.py pass their own defaults and -h text. Raises UserError."""
+    base, given = {k: globals()[k] for k in CONFIG_KEYS} if defaults is None else dict(defaults), {}
+    for arg in (a for a in argv if a not in ('-h', '--help')):
         if not arg.startswith('--') or '=' not in arg:
             raise UserError(f"argument {arg!r} is not of the form --key=value (see -h)")
         key, val = arg[2:].split('=', 1)
-        if key not in cfg:
-            close = difflib.get_close_matches(key, cfg, n=1)
+        if key not in base:
+            close = difflib.get_close_matches(key, base, n=1)
             raise UserError(f"unknown config key {key!r}" + (f"; did you mean --{close[0]}?" if close else " (see -h)"))
-        cfg[key] = _cast(key, val, cfg[key])
-        given.add(key)
+        given[key] = _cast(key, val, base[key])
+    method = METHODS.get((base | given)['method']) if defaults is None else None
+    cfg = base | (method.defaults if method else {}) | given
+    if '-h' in argv or '--help' in argv:
+        print(help_text or config_help(cfg))
+        sys.exit(0)
     if defaults is None:
-        for key, derive in DERIVED.items():
-            if key not in given:
-                cfg[key] = derive(cfg)
         check_config(cfg)
     return cfg
 
@@ -1135,39 +1139,33 @@ def _cast(key, val, default):
 
 def check_config(c):
     """Reject impossible settings early, with a message that says what to change."""
-    def need(ok, msg):
-        if not ok:
-            raise UserError(msg)
-    need(c['method'] in METHODS, f"--method={c['method']}: choose one of {', '.join(METHODS)}")
-    need(c['data'] in DATASETS, f"--data={c['data']}: choose one of {', '.join(DATASETS)}")
-    for k in ('batch_size', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth', 'pred_heads',
-              'img_size', 'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every'):
-        need(c[k] > 0, f"--{k}={c[k]}: must be a positive integer")
-    for k in ('epochs', 'steps', 'local_views', 'lr', 'pred_lr', 'min_lr', 'weight_decay', 'weight_decay_end',
-              'budget_minutes', 'group_lambda'):
-        need(c[k] >= 0, f"--{k}={c[k]}: must be >= 0")
-    need(c['tau'] > 0, f"--tau={c['tau']}: the InfoNCE temperature must be > 0")
-    need(0 < c['crop_scale'] <= 1, f"--crop_scale={c['crop_scale']}: an area fraction in (0, 1]")
-    need(0 < c['lowres'] <= 1, f"--lowres={c['lowres']}: a fraction of --img_size in (0, 1]")
-    need(0 <= c['lowres_frac'] <= 1, f"--lowres_frac={c['lowres_frac']}: a fraction of training in [0, 1]")
-    need(0 <= c['warmup'] < 1, f"--warmup={c['warmup']}: a fraction of training in [0, 1)")
-    need(0 <= c['ema'] <= 1, f"--ema={c['ema']}: a momentum in [0, 1]")
-    need(0 <= c['ema_end'] <= 1, f"--ema_end={c['ema_end']}: a momentum in [0, 1]")
-    need(0 <= c['sigreg_weight'] <= 1,
-         f"--sigreg_weight={c['sigreg_weight']}: lambda must be in [0, 1]")
-    need(c['img_size'] % c['patch_size'] == 0,
-         f"--patch_size={c['patch_size']} does not divide --img_size={c['img_size']}")
-    need(c['img_size'] // c['patch_size'] >= 4, "the patch grid must be at least 4x4: lower --patch_size")
+    rules = [(c['method'] in METHODS, f"--method={c['method']}: choose one of {', '.join(METHODS)}"),
+             (c['data'] in DATASETS, f"--data={c['data']}: choose one of {', '.join(DATASETS)}"),
+             (c['device'] in ('auto', 'cuda', 'mps', 'cpu'), f"--device={c['device']}: auto | cuda | mps | cpu")]
+    rules += [(c[k] > 0, f"--{k}={c[k]}: must be a positive integer") for k in (
+        'batch_size', 'patch_size', 'width', 'depth', 'heads', 'pred_width', 'pred_depth', 'pred_heads', 'img_size',
+        'num_slices', 'global_views', 'proj_dim', 'num_groups', 'log_every')]
+    rules += [(c[k] >= 0, f"--{k}={c[k]}: must be >= 0") for k in (
+        'epochs', 'steps', 'local_views', 'lr', 'pred_lr', 'min_lr', 'weight_decay', 'weight_decay_end',
+        'budget_minutes', 'group_lambda')]
+    rules += [(lo <= c[k] <= hi and c[k] != excluded, f"--{k}={c[k]}: {what}") for k, lo, hi, excluded, what in (
+        ('crop_scale', 0, 1, 0, 'an area fraction in (0, 1]'), ('lowres', 0, 1, 0, 'a fraction of --img_size in (0, 1]'),
+        ('lowres_frac', 0, 1, None, 'a fraction of training in [0, 1]'),
+        ('warmup', 0, 1, 1, 'a fraction of training in [0, 1)'), ('ema', 0, 1, None, 'a momentum in [0, 1]'),
+        ('ema_end', 0, 1, None, 'a momentum in [0, 1]'), ('sigreg_weight', 0, 1, None, 'lambda must be in [0, 1]'),
+        ('tau', 0, math.inf, 0, 'the InfoNCE temperature must be > 0'))]
+    rules += [(c['img_size'] % c['patch_size'] == 0, f"--patch_size={c['patch_size']} does not divide --img_size"),
+              (c['img_size'] // c['patch_size'] >= 4, "the patch grid must be at least 4x4: lower --patch_size"),
+              (c['pred_width'] % c['num_groups'] == 0, f"--num_groups={c['num_groups']} must divide --pred_width"),
+              (c['epochs'] > 0 or c['steps'] > 0 or c['budget_minutes'] > 0,
+               "nothing to train: set --epochs, --steps or --budget_minutes above 0"),
+              (c['global_views'] + c['local_views'] >= 2, "LeJEPA's invariance needs two views: raise --local_views")]
     for w, h, name in ((c['width'], c['heads'], ''), (c['pred_width'], c['pred_heads'], 'pred_')):
-        need(w % h == 0, f"--{name}heads={h} does not divide --{name}width={w}")
-        need((w // h) % 4 == 0, f"head dim {name}width/{name}heads = {w // h} must be divisible by 4 for 2-D RoPE")
-    need(c['pred_width'] % c['num_groups'] == 0,
-         f"--num_groups={c['num_groups']} must divide --pred_width={c['pred_width']}")
-    need(c['epochs'] > 0 or c['steps'] > 0 or c['budget_minutes'] > 0,
-         "nothing to train: set --epochs, --steps or --budget_minutes above 0")
-    need(c['device'] in ('auto', 'cuda', 'mps', 'cpu'), f"--device={c['device']}: auto | cuda | mps | cpu")
-    need(c['method'] not in ('lejepa',) or c['global_views'] >= 2 or c['local_views'] >= 1,
-         "lejepa needs at least two views: raise --global_views or --local_views")
+        rules += [(w % h == 0, f"--{name}heads={h} does not divide --{name}width={w}"),
+                  (w % h == 0 and (w // h) % 4 == 0, f"head dim {name}width/{name}heads = {w // h} must be divisible "
+                   "by 4 for 2-D RoPE")]
+    if bad := [msg for ok, msg in rules if not ok]:
+        raise UserError(bad[0])
 
 def pick_device(name):
     if name == 'auto':
@@ -1190,11 +1188,13 @@ def cli(main_fn, argv):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get('RANK', '0') == '0':  # under torchrun every process stops; the first one says why
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: the newest ckpt_*.pt in the run directory resumes with --resume=True", file=sys.stderr)
         return 130
 
 if __name__ == '__main__':
+    sys.modules['jepa'] = sys.modules[__name__]  # kernels/ import their PyTorch definitions from here: this module
     sys.exit(cli(main, sys.argv[1:]))

@@ -12,6 +12,7 @@ I-JEPA and SparseJEPA). Linear probe: features standardised on the train split, 
 trained to convergence (L-BFGS), weight decay chosen on a held-out 10 % of train, then refit on all of train;
 top-1 on the test split. kNN: cosine similarity, k = 20, votes weighted by exp(sim / 0.07).
 """
+import contextlib
 import json
 import os
 import sys
@@ -46,10 +47,90 @@ HELP = """usage: python probe.py --ckpt=PATH [--key=value ...]
 # ----------------------------------------------------------------------------- features
 
 
-# The feature extraction and the linear probe live in jepa.py, whose end-of-run summary uses them too.
-extract_features, linear_probe = jepa.extract_features, jepa.linear_probe
+# The features, the linear probe and the summary that ends every jepa.py run.
+@torch.no_grad()
+def extract_features(model, images, batch_size=512):
+    """Average-pooled output tokens of a frozen encoder. images uint8 (N, 3, S, S) -> features float32 (N, D)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    autocast = torch.autocast(dev.type, dtype) if (dtype := jepa.device_policy(str(dev), False).dtype) else \
+        contextlib.nullcontext()
+    out = []
+    for x in images.split(batch_size):
+        with autocast:
+            out.append(model(jepa.normalize(x.to(dev))).mean(1).float())  # (b, D)
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _fit_logreg(x, y, num_classes, wd, max_iter=500):
+    """Multinomial logistic regression, L-BFGS to convergence on the whole set. x (N, D) -> (W (D, C), b (C,))."""
+    W = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
+    b = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
+                            history_size=20, line_search_fn='strong_wolfe')
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ W + b, y) + 0.5 * wd * W.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def linear_probe(train_x, train_y, test_x, test_y, wds=(1e-5, 1e-4, 1e-3, 1e-2), holdout=0.1, seed=0):
+    """Top-1 accuracy of a linear classifier on frozen features. Features standardised with train statistics;
+    the weight decay with the best accuracy on a held-out part of train is refit on all of train."""
+    train_x, test_x = train_x.float(), test_x.float()
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    C = int(max(train_y.max(), test_y.max())) + 1
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train_x), generator=g).to(train_x.device)
+    n_hold = max(1, int(len(train_x) * holdout))
+    hold, fit = perm[:n_hold], perm[n_hold:]
+    best = max(wds, key=lambda wd: _accuracy(*_fit_logreg(train_x[fit], train_y[fit], C, wd), train_x[hold], train_y[hold]))
+    return _accuracy(*_fit_logreg(train_x, train_y, C, best), test_x, test_y)
+
+
+def _accuracy(W, b, x, y):
+    return ((x @ W + b).argmax(1) == y).float().mean().item()
+
+
+def summarize(model, data, cfg, stats):
+    """jepa.py's end of a run: linear probe of the trained representation and of a random-init encoder of the same
+    shape, with the run's numbers; printed and written to summary.json."""
+    out = {'method': cfg['method'], 'data': cfg['data']}
+    if cfg['probe']:
+        random_init = jepa.build_model(dict(cfg, seed=cfg['seed'] + 1), data['train_x'].device).encoder  # same shape
+        for name, enc in (('', model.features_encoder()), ('_random_init', random_init)):
+            tr, te = extract_features(enc, data['train_x']), extract_features(enc, data['test_x'])
+            out[f'probe_acc{name}'] = linear_probe(tr, data['train_y'].to(tr.device), te, data['test_y'].to(te.device))
+    out.update({k: stats[k] for k in ('train_seconds', 'img_per_s', 'params_M', 'steps', 'final_loss')})
+    print('-' * 20 + ' summary')
+    for k, v in out.items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    with open(os.path.join(stats['run_dir'], 'summary.json'), 'w') as f:
+        json.dump(out, f, indent=1)
+    return out
+
 
 # ----------------------------------------------------------------------------- checkpoints
+
+
+def evaluation_data(saved, args, dev):
+    """The run's config with the dataset probe.py or analyze.py evaluates on (its own, or --data and --data_dir;
+    --data_dir alone: the same dataset read from elsewhere) -> (config, dataset dict on dev)."""
+    cfg = dict(saved)
+    if args['data']:
+        cfg['data'], cfg['data_dir'] = args['data'], args['data_dir']
+    elif args['data_dir']:
+        cfg['data_dir'] = args['data_dir']
+    if cfg['data'] not in jepa.DATASETS:
+        raise jepa.UserError(f"--data={cfg['data']}: choose one of {', '.join(jepa.DATASETS)}")
+    return cfg, jepa.load_data(cfg, dev)
 
 
 def model_from_checkpoint(ck, dev='cpu'):
@@ -110,14 +191,7 @@ def probe_checkpoints(paths, args):
     """Evaluate each checkpoint (and one random-init encoder of the same shape) on one dataset."""
     dev = jepa.pick_device(args['device'])
     first = jepa.load_checkpoint(paths[0])
-    cfg = dict(first['config'])
-    if args['data']:
-        cfg['data'], cfg['data_dir'] = args['data'], args['data_dir']
-    elif args['data_dir']:
-        cfg['data_dir'] = args['data_dir']
-    if cfg['data'] not in jepa.DATASETS:
-        raise jepa.UserError(f"--data={cfg['data']}: choose one of {', '.join(jepa.DATASETS)}")
-    data = jepa.load_data(cfg, dev)
+    cfg, data = evaluation_data(first['config'], args, dev)
     rows = []
     random_model = jepa.build_model(dict(cfg, seed=cfg['seed'] + 1), dev)
     for path in ['random-init'] + list(paths):

@@ -34,59 +34,38 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+import jepa
 from kernels import has_failed, run_or_fall_back, sincos, INTERPRET
 
-# ----------------------------------------------------------------------------- reference
+# The specification is jepa.attention without kernels (RoPE, then SDPA over the visible keys): the kernels are
+# tested against it and fall back to it; its gradient, written out, is the backward's fallback.
 
 
-def rope_reference(x, pos, theta=100.0, sign=1):
-    """2-D axial RoPE, written pair by pair. x (B, H, N, d), pos (B, N, 2) or (N, 2) -> same shape as x.
-    sign=-1 rotates back (the inverse, and the transpose, of the rotation)."""
-    d = x.shape[-1]
-    w = theta ** (-4 * torch.arange(d // 4, dtype=torch.float64, device=x.device) / d)  # (d/4,)
-    pos = pos.to(torch.float64)
-    phi = torch.cat([pos[..., :1] * w, pos[..., 1:] * w], -1)  # (..., N, d/2)
-    if phi.dim() == 3:
-        phi = phi.unsqueeze(1)  # (B, 1, N, d/2)
-    cos, sin = phi.cos().to(x.dtype), sign * phi.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
+def attention_reference(q, k, v, pos=None, seg=None):
+    """jepa.attention's PyTorch path, RoPE only when pos is given (the benchmark times attention without it)."""
+    if pos is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if seg is None else jepa.visible(seg))
+    return jepa.attention(q, k, v, pos, seg)
 
 
-def visible_reference(seg):
-    """seg (N,) -> bool (N, N), [query, key]: keys of segment 0 are seen by all, others by their own segment."""
-    return (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
-
-
-def attention_reference(q, k, v, pos=None, theta=100.0, seg=None):
-    """The specification: RoPE (if pos), then softmax(q k^T / sqrt(d)) v over the visible keys (all, or those
-    seg allows), materialising the (N, N) scores."""
-    if pos is not None:
-        q, k = rope_reference(q, pos, theta), rope_reference(k, pos, theta)
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, N, N)
-    if seg is not None:
-        s = s.masked_fill(~visible_reference(seg), -math.inf)
-    return s.softmax(-1) @ v
-
-
-def attention_backward_reference(q, k, v, pos, theta, seg, do):
-    """dq, dk, dv of attention_reference for the output gradient do, written out (FlashAttention-2's equations)
-    instead of by autograd, which does not record inside a custom operator: the backward kernels' fallback.
+def attention_backward_reference(q, k, v, pos, seg, do):
+    """dq, dk, dv of attention_reference for the output gradient do, written out (FlashAttention-2's equations):
+    the backward operator's PyTorch path, where autograd cannot help (it does not record inside a custom operator).
     Computed in fp32 (fp64 for fp64 input), returned in q's dtype."""
     dtype, dt = q.dtype, torch.promote_types(q.dtype, torch.float32)
     q, k, v, do = q.to(dt), k.to(dt), v.to(dt), do.to(dt)
     scale = 1 / math.sqrt(q.shape[-1])
-    qr, kr = (q, k) if pos is None else (rope_reference(q, pos, theta), rope_reference(k, pos, theta))
+    qr, kr = (q, k) if pos is None else (jepa.rope(q, pos), jepa.rope(k, pos))
     s = qr @ kr.transpose(-1, -2) * scale  # (B, H, N, N)
     if seg is not None:
-        s = s.masked_fill(~visible_reference(seg), -math.inf)
+        s = s.masked_fill(~jepa.visible(seg), -math.inf)
     p = s.softmax(-1)
     dv = p.transpose(-1, -2) @ do
     dp = do @ v.transpose(-1, -2)  # (B, H, N, N)
     ds = p * (dp - (dp * p).sum(-1, keepdim=True)) * scale  # through the softmax and the scale
     dq, dk = ds @ kr, ds.transpose(-1, -2) @ qr  # in the rotated basis
-    if pos is not None:
-        dq, dk = rope_reference(dq, pos, theta, sign=-1), rope_reference(dk, pos, theta, sign=-1)
+    if pos is not None:  # rotated back: the rotation by -phi is the inverse (and the transpose) of the one by phi
+        dq, dk = jepa.rope(dq, -pos), jepa.rope(dk, -pos)
     return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 # ----------------------------------------------------------------------------- kernels
@@ -333,7 +312,7 @@ def _segments(seg, N, device):
 # Python it cannot trace. Inside them a Triton error switches the family to its PyTorch reference (one warning);
 # which path a run takes is decided before training by kernels.self_test, outside any traced code.
 
-def _forward(q, k, v, pos, seg, theta):
+def _forward(q, k, v, pos, seg):
     """(o, lse) through the forward kernel: lse is the log2-sum-exp2 of each query's scaled scores."""
     B, H, N, D = q.shape
     has_pos, has_seg = pos is not None, seg is not None
@@ -345,12 +324,12 @@ def _forward(q, k, v, pos, seg, theta):
     sm_scale = 1 / math.sqrt(D)
     _attn_fwd[(B * H, triton.cdiv(N, meta['BLOCK_M']))](
         q, k, v, p, s, o, lse, N, H, q.stride(0), q.stride(1), q.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        sp_b, sp_n, sm_scale * LOG2E, math.log2(theta), D=D, DP=padded(D), HAS_POS=has_pos, HAS_SEG=has_seg,
+        sp_b, sp_n, sm_scale * LOG2E, math.log2(jepa.ROPE_THETA), D=D, DP=padded(D), HAS_POS=has_pos, HAS_SEG=has_seg,
         **meta, **_dot_args(q.dtype))
     return o, lse
 
 
-def _backward(q, k, v, pos, seg, o, lse, do, theta):
+def _backward(q, k, v, pos, seg, o, lse, do):
     """dq, dk, dv through the two backward kernels."""
     B, H, N, D = q.shape
     has_pos, has_seg = pos is not None, seg is not None
@@ -361,7 +340,7 @@ def _backward(q, k, v, pos, seg, o, lse, do, theta):
     meta = dict(D=D, DP=padded(D), HAS_POS=has_pos, HAS_SEG=has_seg,
                 **_launch(N, D, q.dtype, backward=True, seg=has_seg), **_dot_args(q.dtype))
     sm_scale = 1 / math.sqrt(D)
-    args = (N, H, q.stride(0), q.stride(1), q.stride(2), sp_b, sp_n, sm_scale * LOG2E, sm_scale, math.log2(theta))
+    args = (N, H, q.stride(0), q.stride(1), q.stride(2), sp_b, sp_n, sm_scale * LOG2E, sm_scale, math.log2(jepa.ROPE_THETA))
     _attn_bwd_dkdv[(B * H, triton.cdiv(N, meta['BLOCK_N']))](q, k, v, p, s, do, lse, delta, dk, dv, *args, **meta)
     _attn_bwd_dq[(B * H, triton.cdiv(N, meta['BLOCK_M']))](q, k, v, p, s, do, lse, delta, dq, *args, **meta)
     return dq, dk, dv
@@ -369,24 +348,24 @@ def _backward(q, k, v, pos, seg, o, lse, do, theta):
 
 @torch.library.custom_op('nano_jepa::attention_fwd', mutates_args=())
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: Optional[torch.Tensor],
-                  seg: Optional[torch.Tensor], theta: float) -> Tuple[torch.Tensor, torch.Tensor]:
+                  seg: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     config = lambda: (f"forward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}"  # noqa: E731
                       + (', RoPE' if pos is not None else '') + (', segments' if seg is not None else ''))
-    return run_or_fall_back('attention', config, lambda: _forward(q, k, v, pos, seg, theta),
-                            lambda: _forward_fallback(q, k, v, pos, seg, theta))
+    return run_or_fall_back('attention', config, lambda: _forward(q, k, v, pos, seg),
+                            lambda: _forward_fallback(q, k, v, pos, seg))
 
 
-def _forward_fallback(q, k, v, pos, seg, theta):
+def _forward_fallback(q, k, v, pos, seg):
     """The forward operator's PyTorch path, with outputs exactly as the fake implementation below describes them
     (torch.compile's inductor checks every size and stride): o contiguous in q's dtype, lse (B*H, N) fp32. The lse
     is zeros: after a failure the backward falls back too and does not read it."""
     B, H, N, _ = q.shape
-    return attention_sdpa(q, k, v, pos, theta, seg).contiguous(), q.new_zeros(B * H, N, dtype=torch.float32)
+    return attention_reference(q, k, v, pos, seg).contiguous(), q.new_zeros(B * H, N, dtype=torch.float32)
 
 
 @attention_fwd.register_fake
-def _(q, k, v, pos, seg, theta):
+def _(q, k, v, pos, seg):
     B, H, N, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B * H, N, dtype=torch.float32)
 
@@ -394,56 +373,47 @@ def _(q, k, v, pos, seg, theta):
 @torch.library.custom_op('nano_jepa::attention_bwd', mutates_args=())
 def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: Optional[torch.Tensor],
                   seg: Optional[torch.Tensor], o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
-                  theta: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     do = do.contiguous()
     config = lambda: f"backward, {q.dtype}, (B, H, N, d) = {tuple(q.shape)}"  # noqa: E731
-    return run_or_fall_back('attention', config, lambda: _backward(q, k, v, pos, seg, o, lse, do, theta),
-                            lambda: attention_backward_reference(q, k, v, pos, theta, seg, do))
+    return run_or_fall_back('attention', config, lambda: _backward(q, k, v, pos, seg, o, lse, do),
+                            lambda: attention_backward_reference(q, k, v, pos, seg, do))
 
 
 @attention_bwd.register_fake
-def _(q, k, v, pos, seg, o, lse, do, theta):
+def _(q, k, v, pos, seg, o, lse, do):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, pos, seg, theta = inputs
+    q, k, v, pos, seg = inputs
     ctx.save_for_backward(q.contiguous(), k.contiguous(), v.contiguous(), pos, seg, *output)
-    ctx.theta = theta
 
 
 def _attention_backward(ctx, do, _dlse):
     q, k, v, pos, seg, o, lse = ctx.saved_tensors
-    return (*attention_bwd(q, k, v, pos, seg, o, lse, do, ctx.theta), None, None, None)
+    return (*attention_bwd(q, k, v, pos, seg, o, lse, do), None, None)
 
 
 attention_fwd.register_autograd(_attention_backward, setup_context=_setup_context)
 
 
-def attention_sdpa(q, k, v, pos=None, theta=100.0, seg=None):
-    """The PyTorch path the kernel falls back to: RoPE (if pos), then PyTorch's scaled_dot_product_attention
-    (with seg's visibility as its boolean mask)."""
-    if pos is not None:  # rotated in fp32 (the kernels rotate in registers in fp32), then back to q's dtype
-        q, k = (rope_reference(x.float(), pos, theta).to(x.dtype) for x in (q, k))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if seg is None else visible_reference(seg))
-
-
-def attention(q, k, v, pos=None, theta=100.0, fallback=None, seg=None):
+def attention(q, k, v, pos=None, seg=None):
     """softmax(rope(q) rope(k)^T / sqrt(d)) v for q, k, v (B, H, N, d); RoPE only when pos is given.
     pos: LongTensor (B, N, 2) or (N, 2) of (column, row) grid positions. Non-causal; any N; d divisible by 4 up to 128.
     seg: LongTensor (N,) of segment ids (module docstring), or None: every query sees every key.
-    fallback(q, k, v): the same in PyTorch (default attention_sdpa), taken once the kernels have failed (the
-    start-up self-test, or a Triton error in a call, which prints one warning and computes that call in PyTorch)."""
+    Once the kernels have failed (the start-up self-test, or a Triton error in a call, which prints one warning and
+    computes that call in PyTorch) this is attention_reference."""
     B, H, N, D = q.shape
     if has_failed('attention'):
-        return (fallback or (lambda q, k, v: attention_sdpa(q, k, v, pos, theta, seg)))(q, k, v)
+        return attention_reference(q, k, v, pos, seg)
     if not supports(D):
         raise ValueError(f"head dim {D} not supported: the kernels take d divisible by 4 up to {max(LAUNCH)}")
     if pos is not None:
         _check_positions(pos, B, N)
     if seg is not None:
         _check_segments(seg, N)
-    return attention_fwd(q, k, v, pos, seg, float(theta))[0]
+    return attention_fwd(q, k, v, pos, seg)[0]
 
 
 def variants(uses, dtype):
@@ -481,10 +451,10 @@ def self_test(device, dtype, uses=((16, 2, 21, True),)):
         seg = torch.where(idx < N // 3, 0, 1 + (idx - N // 3) * 4 // max(1, N - N // 3)) if has_seg else None
         x = [t.to(device, dtype, copy=True) for t in (q, k, v)]
         dev_seg = None if seg is None else seg.to(device)
-        out, lse = attention_fwd(*x, pos.to(device), dev_seg, 100.0)
-        grads = attention_bwd(*x, pos.to(device), dev_seg, out, lse, do.to(device, dtype), 100.0)
+        out, lse = attention_fwd(*x, pos.to(device), dev_seg)
+        grads = attention_bwd(*x, pos.to(device), dev_seg, out, lse, do.to(device, dtype))
         ref = [t.to(dtype).double().requires_grad_() for t in (q, k, v)]  # the same rounded inputs, in fp64
-        expected = attention_reference(*ref, pos, seg=seg)
+        expected = attention_reference(*ref, pos, seg)
         expected.backward(do.to(dtype).double())
         for name, a, b in zip(('out', 'dq', 'dk', 'dv'), (out, *grads), (expected, *(t.grad for t in ref))):
             err = ((a.detach().double().cpu() - b).norm() / b.norm().clamp_min(0.1)).item()
@@ -521,12 +491,13 @@ def bench(Ns=(64, 65, 128, 256), ds=(32, 64), BH=4096, dtype=torch.bfloat16):
             side = int(math.ceil(math.sqrt(N)))
             idx = torch.arange(N, device='cuda')
             pos = torch.stack([idx % side, idx // side], -1)
-            impls = {'naive eager + rope': lambda: attention_reference(q, k, v, pos),
+            naive = lambda: (jepa.rope(q, pos) @ jepa.rope(k, pos).transpose(-1, -2) / math.sqrt(d)).softmax(-1) @ v  # noqa: E731
+            impls = {'naive eager + rope': naive,
                      fused: lambda: attention(q, k, v, pos)}
             for name, be in backends.items():
                 def run(be=be):
                     with sdpa_kernel(be):
-                        return F.scaled_dot_product_attention(rope_reference(q, pos), rope_reference(k, pos), v)
+                        return F.scaled_dot_product_attention(jepa.rope(q, pos), jepa.rope(k, pos), v)
                 try:
                     run().sum().backward()
                     impls[f'sdpa {name} + rope'] = run

@@ -35,6 +35,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+import jepa
 from kernels import attention as attention_mod, sigreg as sigreg_mod
 
 # target: (compute capability, shared memory per block with opt-in in bytes, attention dtypes checked there)
@@ -105,7 +106,8 @@ def sigreg_launches():
             y = torch.zeros(N, M, dtype=dtype, requires_grad=True)
 
             def call():
-                sigreg_mod.epps_pulley(y).sum().backward()
+                cos_sum, sin_sum = sigreg_mod.cf_sums(y, jepa.NUM_KNOTS, jepa.T_MAX / (jepa.NUM_KNOTS - 1))
+                (cos_sum.sum() + sin_sum.sum()).backward()
             yield from record(sigreg_mod, call, lambda: f"{str(dtype)[6:]} N={N} M={M}")
 
 

@@ -23,40 +23,23 @@ import torch
 import triton
 import triton.language as tl
 
+import jepa
 from kernels import has_failed, run_or_fall_back, sincos
 
-# ----------------------------------------------------------------------------- reference
+# The specification is jepa.cf_sums (and, around it, jepa.epps_pulley and its knots): the kernels are tested
+# against it and fall back to it; its gradient, written out, is the backward's fallback.
 
 
-def knots(num_knots=17, dtype=torch.float32, device=None):
-    """t (T,), target characteristic function phi (T,), trapezoid weights w (T,) on [0, 3] folded from [-3, 3]."""
-    dt = 3 / (num_knots - 1)
-    t = torch.arange(num_knots, dtype=dtype, device=device) * dt
-    phi = torch.exp(-t ** 2 / 2)
-    w = 2 * dt * phi
-    w[0], w[-1] = dt * phi[0], dt * phi[-1]
-    return t, phi, w
+def _knots_at(num_knots, dt, device):
+    return torch.arange(num_knots, dtype=torch.float32, device=device) * dt
 
 
-def cf_sums_reference(y, t):
-    """The specification: materialises (N, M, T). y (N, M), t (T,) -> cos_sum, sin_sum (M, T)."""
-    ty = y.unsqueeze(-1) * t  # (N, M, T)
-    return ty.cos().sum(0), ty.sin().sum(0)
-
-
-def cf_sums_backward_reference(y, t, g_cos, g_sin):
-    """dy for the output gradients g_cos, g_sin (M, T), written out (autograd does not record inside a custom
-    operator): the backward kernel's fallback. Materialises (N, M, T); fp32, returned in y's dtype."""
+def cf_sums_backward_reference(y, g_cos, g_sin, dt):
+    """dy of jepa.cf_sums for the output gradients g_cos, g_sin (M, T), written out: the backward operator's PyTorch
+    path, where autograd cannot help (it does not record inside a custom operator). fp32, returned in y's dtype."""
+    t = _knots_at(g_cos.shape[1], dt, y.device)
     ty = y.float().unsqueeze(-1) * t  # (N, M, T)
     return ((ty.cos() * g_sin - ty.sin() * g_cos) * t).sum(-1).to(y.dtype)
-
-
-def epps_pulley_reference(y, num_knots=17):
-    """The naive eager form of the statistic, y (N, M) -> (M,)."""
-    t, phi, w = knots(num_knots, y.dtype, y.device)
-    cos_sum, sin_sum = cf_sums_reference(y, t)
-    n = y.shape[0]
-    return n * (((cos_sum / n - phi) ** 2 + (sin_sum / n) ** 2) @ w)
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -126,7 +109,7 @@ def cf_sums_fwd(y: torch.Tensor, num_knots: int, dt: float) -> Tuple[torch.Tenso
     y = y.contiguous()
     config = lambda: f"forward, {y.dtype}, (N, M) = {tuple(y.shape)}"  # noqa: E731
     return run_or_fall_back('sigreg', config, lambda: _forward(y, num_knots, dt),
-                            lambda: cf_sums_reference(y.float(), _knots_at(num_knots, dt, y.device)))
+                            lambda: jepa.cf_sums(y.float(), _knots_at(num_knots, dt, y.device)))
 
 
 @cf_sums_fwd.register_fake
@@ -138,7 +121,7 @@ def _(y, num_knots, dt):
 def cf_sums_bwd(y: torch.Tensor, g_cos: torch.Tensor, g_sin: torch.Tensor, dt: float) -> torch.Tensor:
     config = lambda: f"backward, {y.dtype}, (N, M) = {tuple(y.shape)}"  # noqa: E731
     return run_or_fall_back('sigreg', config, lambda: _backward(y, g_cos, g_sin, dt),
-                            lambda: cf_sums_backward_reference(y, _knots_at(g_cos.shape[1], dt, y.device), g_cos, g_sin))
+                            lambda: cf_sums_backward_reference(y, g_cos, g_sin, dt))
 
 
 @cf_sums_bwd.register_fake
@@ -157,10 +140,6 @@ def _cf_sums_backward(ctx, g_cos, g_sin):
 
 
 cf_sums_fwd.register_autograd(_cf_sums_backward, setup_context=_setup_context)
-
-
-def _knots_at(num_knots, dt, device):
-    return torch.arange(num_knots, dtype=torch.float32, device=device) * dt
 
 
 def _forward(y, T, dt):
@@ -184,38 +163,30 @@ def _backward(y, g_cos, g_sin, dt):
     return dy.to(y.dtype)
 
 
-def cf_sums(y, num_knots=17, dt=3 / 16, fallback=None):
+def cf_sums(y, num_knots, dt):
     """Sums over the batch of cos(t_k y) and sin(t_k y) at the knots t_k = k*dt, k < num_knots: y (N, M) any
     float dtype -> (M, num_knots) fp32 each; differentiable in y. Partial sums of row shards add up to the
-    full-batch sums. fallback(y): the same in PyTorch (default cf_sums_reference), taken once the kernels have
-    failed (the start-up self-test, or a Triton error in a call, which prints one warning and computes that call
-    in PyTorch)."""
+    full-batch sums. Once the kernels have failed (the start-up self-test, or a Triton error in a call, which
+    prints one warning and computes that call in PyTorch) this is jepa.cf_sums."""
     if has_failed('sigreg'):
-        return fallback(y) if fallback else cf_sums_reference(y.float(), _knots_at(num_knots, dt, y.device))
+        return jepa.cf_sums(y.float(), _knots_at(num_knots, dt, y.device))
     # the kernels see fp32 only (they compute in fp32 anyway): one compiled variant per shape, and no 16-bit load,
     # which spilled 16 B on sm_86/89 under triton 3.8; autograd returns the gradient in y's dtype
     return cf_sums_fwd(y.float(), int(num_knots), float(dt))
 
 
-def epps_pulley(y, num_knots=17):
-    """Per-slice Epps-Pulley statistic, y (N, M) -> (M,) fp32, through the fused kernels."""
-    t, phi, w = knots(num_knots, torch.float32, y.device)
-    cos_sum, sin_sum = cf_sums(y, num_knots, 3 / (num_knots - 1))
-    n = y.shape[0]
-    return n * (((cos_sum / n - phi) ** 2 + (sin_sum / n) ** 2) @ w)
-
-
 def self_test(device, shapes=((300, 20),)):
     """The sums and their gradient for each (N, M) in shapes (the run's own: Triton specialises on N and M) in
     fp32, through the kernels against the PyTorch reference in fp64; raises on any error or a mismatch."""
+    T, dt = jepa.NUM_KNOTS, jepa.T_MAX / (jepa.NUM_KNOTS - 1)
     for N, M in shapes:
         y = torch.randn(N, M, generator=torch.Generator().manual_seed(N + M))
         y_dev = y.to(device, copy=True)
-        cos_sum, sin_sum = cf_sums_fwd(y_dev, 17, 3 / 16)
-        g_cos, g_sin = (torch.randn(M, 17, generator=torch.Generator().manual_seed(i)) for i in (1, 2))
-        dy = cf_sums_bwd(y_dev, g_cos.to(device), g_sin.to(device), 3 / 16)
+        cos_sum, sin_sum = cf_sums_fwd(y_dev, T, dt)
+        g_cos, g_sin = (torch.randn(M, T, generator=torch.Generator().manual_seed(i)) for i in (1, 2))
+        dy = cf_sums_bwd(y_dev, g_cos.to(device), g_sin.to(device), dt)
         y_ref = y.double().requires_grad_()
-        expected = cf_sums_reference(y_ref, knots(17, torch.float64)[0])
+        expected = jepa.cf_sums(y_ref, jepa.ep_knots(T, torch.float64)[0])
         ((expected[0] * g_cos.double()).sum() + (expected[1] * g_sin.double()).sum()).backward()
         for name, a, b in zip(('cos sums', 'sin sums', 'gradient'), (cos_sum, sin_sum, dy), (*expected, y_ref.grad)):
             err = ((a.detach().double().cpu() - b.detach()).norm() / b.detach().norm()).item()
@@ -235,13 +206,14 @@ def bench(sizes=((1024, 256), (1024, 1024), (4096, 256), (4096, 1024), (16384, 2
     import kernels  # the self-test first: a kernel that fails it is timed as what runs instead, and named so
     kernels.self_test(torch.device('cuda'), torch.bfloat16, [], sizes)
     fused = 'fused' if 'sigreg' not in kernels.failed else 'FELL BACK'
-    compiled = torch.compile(epps_pulley_reference)
-    print(f"SIGReg Epps-Pulley, T = 17, {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    naive, fast = jepa.epps_pulley, lambda y: jepa.epps_pulley(y, kernels=True)  # noqa: E731
+    compiled = torch.compile(naive)
+    print(f"SIGReg Epps-Pulley, T = {jepa.NUM_KNOTS}, {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     print(f"{'N':>6} {'M':>5} | {'impl':>8} | {'fwd ms':>8} | {'fwd+bwd ms':>10} | {'peak MiB':>8} | {'rel err':>8}")
     for N, M in sizes:
         y0 = torch.randn(N, M, device='cuda')
-        ref = epps_pulley_reference(y0.double())
-        for name, fn in (('naive', epps_pulley_reference), ('compiled', compiled), (fused, epps_pulley)):
+        ref = naive(y0.double())
+        for name, fn in (('naive', naive), ('compiled', compiled), (fused, fast)):
             y = y0.clone().requires_grad_()
             fn(y).sum().backward()  # warm-up and compile off the clock
             fwd = do_bench(lambda: fn(y), return_mode='median')

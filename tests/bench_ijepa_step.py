@@ -62,7 +62,7 @@ def ours(batch, masks=None, bf16=False, compile=False):
         jepa.multiblock_masks, now[0] = counted_masks, i
         g = jepa.step_generator(0, i, 'cpu')
         with autocast:
-            loss, _ = model(x, g, i)
+            loss, _ = model(jepa.Batch(x, g, i, 1.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

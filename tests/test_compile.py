@@ -31,11 +31,11 @@ def test_compiled_step_has_no_graph_break_and_the_eager_losses(method):
         assert ex.graph_break_count == 0, [str(b.reason)[:200] for b in ex.break_reasons]
         assert 'nano_jepa.attention_fwd' in str(ex.graphs[0].code)  # the kernel is in the graph, one opaque call
 
-    eager, _ = model(x, torch.Generator(DEV).manual_seed(1), 0)
+    eager, _ = model(jepa.Batch(x, torch.Generator(DEV).manual_seed(1), 0, 1.0))
     for net in (model.encoder, model.target, getattr(model, 'predictor', None), getattr(model, 'projector', None)):
         if net is not None:
             net.compile(backend='aot_eager', dynamic=True)
-    compiled, _ = model(x, torch.Generator(DEV).manual_seed(1), 0)
+    compiled, _ = model(jepa.Batch(x, torch.Generator(DEV).manual_seed(1), 0, 1.0))
     compiled.backward()
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=0)
     assert all(p.grad is not None for p in model.encoder.parameters())
@@ -73,9 +73,9 @@ def test_every_operators_fallback_matches_its_fake_implementation(monkeypatch):
     q, k, v, do = (torch.randn(B, H, N, d, generator=g, dtype=torch.bfloat16) for _ in range(4))
     pos, seg = torch.randint(0, 4, (B, N, 2), generator=g), torch.tensor([0, 0, 0, 1, 1, 2, 2])
     y = torch.randn(50, 6, generator=g)
-    o, lse = KA.attention_fwd(q, k, v, pos, seg, 100.0)
-    calls = {'attention_fwd': (KA.attention_fwd, (q, k, v, pos, seg, 100.0)),
-             'attention_bwd': (KA.attention_bwd, (q, k, v, pos, seg, o, lse, do, 100.0)),
+    o, lse = KA.attention_fwd(q, k, v, pos, seg)
+    calls = {'attention_fwd': (KA.attention_fwd, (q, k, v, pos, seg)),
+             'attention_bwd': (KA.attention_bwd, (q, k, v, pos, seg, o, lse, do)),
              'cf_sums_fwd': (KS.cf_sums_fwd, (y, 17, 3 / 16)),
              'cf_sums_bwd': (KS.cf_sums_bwd, (y, torch.randn(6, 17, generator=g), torch.randn(6, 17, generator=g), 3 / 16))}
     for name, (op, args) in calls.items():

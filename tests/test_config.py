@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 import jepa
@@ -9,47 +11,61 @@ def test_override_and_int_accepted_for_float():
     assert cfg['epochs'] == 3 and cfg['compile'] is True and cfg['method'] == 'lejepa'
 
 
-def test_default_lr_follows_width_unless_given():
-    """lr defaults to 1e-3 at width 128 and scales as 128/width (Adam's muP rule); a given lr is kept as is."""
-    assert jepa.parse_args([])['lr'] == pytest.approx(1e-3)
-    assert jepa.parse_args(['--width=192', '--heads=3'])['lr'] == pytest.approx(1e-3 * 128 / 192)
-    assert jepa.parse_args(['--width=64', '--heads=2'])['lr'] == pytest.approx(2e-3)
-    assert jepa.parse_args(['--width=192', '--heads=3', '--lr=5e-4'])['lr'] == 5e-4
-    assert jepa.parse_args(['--width=192', '--heads=3', '--lr=1e-3'])['lr'] == 1e-3  # given: not rescaled
+def test_peak_lr_follows_width():
+    """The run's peak lr is lr * 128 / width (Adam's muP rule): the config's lr is the width-128 value."""
+    assert jepa.derive(jepa.parse_args([]))['peak_lr'] == pytest.approx(1e-3)
+    assert jepa.derive(jepa.parse_args(['--width=192', '--heads=3']))['peak_lr'] == pytest.approx(1e-3 * 128 / 192)
+    assert jepa.derive(jepa.parse_args(['--width=64', '--heads=2', '--lr=5e-4']))['peak_lr'] == pytest.approx(1e-3)
+    assert jepa.parse_args(['--width=192', '--heads=3', '--lr=5e-4'])['lr'] == 5e-4  # the key keeps its value
 
 
-def test_default_ema_keeps_the_teachers_window_in_images_unless_given():
-    """ema defaults to 0.99 at batch 16 and 0.99 ** (B / 16) at batch B (the EMA scaling rule: B / (1 - m), the
-    images the teacher averages over, stays about 1,600); ema_end follows ema; given values are kept, 0 included."""
+def test_ema_momentum_keeps_the_teachers_window_in_images():
+    """The momenta are ema ** (B / 16) and ema_end ** (B / 16) (the EMA scaling rule: B / (1 - m), the images the
+    teacher averages over, stays about 1,600 at any batch), 0 included."""
     for B in (16, 128):
-        cfg = jepa.parse_args([f'--batch_size={B}'])
-        assert cfg['ema'] == pytest.approx(0.99 ** (B / 16)) and cfg['ema_end'] == cfg['ema']
-        assert B / (1 - cfg['ema']) == pytest.approx(1600, rel=0.04)
-    assert jepa.parse_args(['--batch_size=128', '--ema=0.996'])['ema_end'] == 0.996
-    assert jepa.parse_args(['--ema=0.996', '--ema_end=1.0'])['ema_end'] == 1.0
-    cfg = jepa.parse_args(['--ema=0'])  # a teacher that copies the student every step: expressible
-    assert cfg['ema'] == 0.0 and cfg['ema_end'] == 0.0
+        d = jepa.derive(jepa.parse_args([f'--batch_size={B}']))
+        assert d['momentum'] == pytest.approx(0.99 ** (B / 16)) and d['momentum_end'] == d['momentum']
+        assert B / (1 - d['momentum']) == pytest.approx(1600, rel=0.04)
+    d = jepa.derive(jepa.parse_args(['--ema=0.996', '--ema_end=1.0']))
+    assert (d['momentum'], d['momentum_end']) == (0.996, 1.0)
+    assert jepa.derive(jepa.parse_args(['--ema=0', '--ema_end=0']))['momentum'] == 0.0  # a teacher that copies
 
 
-def test_default_pred_lr_is_slower_for_ijepa_only_unless_given():
-    """pred_lr defaults to 0.3 for ijepa and 1 for the other methods; a given value is kept, 0 (a frozen
-    predictor) included."""
+def test_method_records_set_their_own_values_and_arguments_win():
+    """pred_lr is 0.3 in the config block (ijepa) and 1 in the records of ijepa_sigreg and sparse; sigreg_weight is
+    0.05 (ijepa_sigreg) and 0.1 in lejepa's record; a value given on the command line wins, 0 included."""
     assert jepa.parse_args([])['pred_lr'] == 0.3
-    for method in ('sparse', 'ijepa_sigreg', 'lejepa'):
+    for method in ('sparse', 'ijepa_sigreg'):
         assert jepa.parse_args([f'--method={method}'])['pred_lr'] == 1.0
-    assert jepa.parse_args(['--pred_lr=10'])['pred_lr'] == 10.0
-    assert jepa.parse_args(['--pred_lr=0'])['pred_lr'] == 0.0
-
-
-def test_default_sigreg_weight_is_per_method_unless_given():
-    """sigreg_weight defaults to 0.1 for lejepa and 0.05 for ijepa_sigreg; a given value, 0 included (SIGReg off),
-    is kept, and a negative one is refused."""
+    assert jepa.parse_args(['--method=sparse', '--pred_lr=0'])['pred_lr'] == 0.0
     assert jepa.parse_args(['--method=lejepa'])['sigreg_weight'] == 0.1
     assert jepa.parse_args(['--method=ijepa_sigreg'])['sigreg_weight'] == 0.05
     assert jepa.parse_args(['--method=lejepa', '--sigreg_weight=0'])['sigreg_weight'] == 0.0
-    assert jepa.parse_args(['--method=ijepa_sigreg', '--sigreg_weight=0.3'])['sigreg_weight'] == 0.3
     with pytest.raises(jepa.UserError, match='lambda'):
         jepa.parse_args(['--method=lejepa', '--sigreg_weight=-0.5'])
+
+
+def help_values(argv, capsys):
+    """-h's printed values -> {key: value as text}, {derived name: value as text}."""
+    with pytest.raises(SystemExit):
+        jepa.parse_args(argv + ['-h'])
+    lines = capsys.readouterr().out.splitlines()
+    keys = dict(line.split()[0][2:].split('=', 1) for line in lines if line.startswith('  --'))
+    derived = dict(line.split(' = ') for line in lines[lines.index('derived (not keys):') + 1:])
+    return keys, {k.strip(): float(v) for k, v in derived.items()}
+
+
+@pytest.mark.parametrize('method', list(jepa.METHODS))
+def test_help_shows_the_values_the_run_uses(method, tiny_args, capsys):
+    """`--method=M -h` prints every key with the value a run of M with the same arguments saves in config.json,
+    and the derived values it saves beside them."""
+    argv = tiny_args + [f'--method={method}', '--steps=1', '--probe=False', '--batch_size=16']
+    keys, derived = help_values(argv, capsys)
+    jepa.train(jepa.parse_args(argv))
+    with open(jepa.parse_args(argv)['out_dir'] + '/config.json') as f:
+        saved = json.load(f)
+    assert keys == {k: str(v) for k, v in saved['config'].items()}
+    assert derived == pytest.approx(saved['derived'], rel=1e-5)
 
 
 def test_required_keys_exist():

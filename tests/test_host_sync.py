@@ -34,9 +34,9 @@ def test_steps_between_log_lines_never_sync(tiny_args, method, use_kernels, monk
     counter = SyncCounter()
     real_generator, real_tolist = jepa.step_generator, torch.Tensor.tolist
 
-    def step_generator(seed, step, dev):  # called once at the start of every step
+    def step_generator(seed, step, dev, rank=0):  # called once at the start of every step
         counter.step = step + 1
-        return real_generator(seed, step, dev)
+        return real_generator(seed, step, dev, rank)
 
     def tolist(self):
         counter.per_step[counter.step] += 1

@@ -95,7 +95,7 @@ def test_the_masked_methods_train_on_the_lower_grid_first(method, first_half, se
     seen = []
     for progress in (0.0, 0.6):
         tokens.clear()
-        loss, _ = model(x, torch.Generator().manual_seed(0), 0, progress)
+        loss, _ = model(jepa.Batch(x, torch.Generator().manual_seed(0), 0, progress))
         assert torch.isfinite(loss)
         seen.append(max(tokens))
     assert seen == [first_half, second_half]
@@ -113,7 +113,7 @@ def test_ijepa_sigreg_regularises_the_pooled_features_and_every_patch_token(monk
     seen, real = [], jepa.sigreg
     monkeypatch.setattr(jepa, 'sigreg', lambda z, *a, **k: (seen.append(z), real(z, *a, **k))[1])
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    loss, logs = model(x, torch.Generator().manual_seed(0), 5)
+    loss, logs = model(jepa.Batch(x, torch.Generator().manual_seed(0), 5, 1.0))
     h = full[0]  # (4, 16, 32): the encoder's own full-image tokens, with gradient (no EMA, no stop-gradient)
     assert h.requires_grad and [tuple(z.shape) for z in seen] == [(4, 32), (64, 32)]
     torch.testing.assert_close(seen[0], h.mean(1))
@@ -256,9 +256,9 @@ def test_lejepa_loss_is_the_written_out_formula(monkeypatch):
     monkeypatch.setattr(jepa, 'lejepa_views', lambda x, cfg, g: views)
     monkeypatch.setattr(jepa, 'embed_views', lambda model, vs: z[:V_g] if vs is views[0] else z[V_g:])
     monkeypatch.setattr(jepa, 'sigreg', lambda z, *a, **k: torch.tensor(7.0, dtype=torch.float64))
-    model = type('M', (), {'cfg': {'triton_kernels': False}})()
-    cfg = {'global_views': V_g, 'num_slices': 8, 'seed': 0, 'sigreg_weight': lam}
-    loss, logs = jepa.lejepa_loss(model, None, cfg, None, 0)
+    cfg = {'global_views': V_g, 'num_slices': 8, 'seed': 0, 'sigreg_weight': lam, 'triton_kernels': False}
+    model = type('M', (), {'cfg': cfg})()
+    loss, logs = jepa.lejepa_loss(model, jepa.Batch(None, None, 0, 1.0))
     inv = 0.0
     for n in range(B):
         mu = sum(z[v, n] for v in range(V_g)) / V_g

@@ -137,17 +137,17 @@ def test_epps_pulley_is_fp32_for_low_precision_input():
 
 def test_sigreg_directions_depend_only_on_the_step():
     z = torch.randn(128, 16)
-    assert jepa.sigreg(z, 7) == jepa.sigreg(z, 7)
-    assert jepa.sigreg(z, 7) != jepa.sigreg(z, 8)
+    assert jepa.sigreg(z, 7, 256) == jepa.sigreg(z, 7, 256)
+    assert jepa.sigreg(z, 7, 256) != jepa.sigreg(z, 8, 256)
     views = torch.stack([z, z.flip(0)])  # (V, N, D): two views with the same statistic
-    torch.testing.assert_close(jepa.sigreg(views, 3), jepa.sigreg(z, 3))
+    torch.testing.assert_close(jepa.sigreg(views, 3, 256), jepa.sigreg(z, 3, 256))
 
 
 def test_sigreg_separates_gaussian_from_collapsed():
     g = torch.Generator().manual_seed(0)
     gauss = torch.randn(512, 32, generator=g)
     collapsed = torch.randn(1, 32, generator=g).expand(512, 32) * 0.01
-    assert jepa.sigreg(gauss, 0) < 2 < jepa.sigreg(collapsed, 0) / 50
+    assert jepa.sigreg(gauss, 0, 256) < 2 < jepa.sigreg(collapsed, 0, 256) / 50
 
 
 @pytest.mark.parametrize('kernels', [False, True])
@@ -211,12 +211,8 @@ def test_knots_and_weights_are_the_folded_trapezoid_rule():
     official[[0, -1]] = 3 / (T - 1)
     official = official * torch.exp(-t ** 2 / 2)
     ours_t, ours_phi, ours_w = jepa.ep_knots(dtype=F64)
-    pytest.importorskip('triton')
-    from kernels.sigreg import knots
-    kernel_t, kernel_phi, kernel_w = knots(T, F64)
     for name, a, b in (('t', ours_t, t), ('phi', ours_phi, torch.exp(-t ** 2 / 2)), ('w', ours_w, w),
-                       ('official w', official, w), ('kernel t', kernel_t, t), ('kernel w', kernel_w, w),
-                       ('kernel phi', kernel_phi, ours_phi)):
+                       ('official w', official, w)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
 
 

@@ -66,8 +66,10 @@ def test_the_predictor_steps_at_pred_lr_times_the_lr(tiny_args):
         moved = torch.cat([(p - init[n]).abs().flatten() for n, p in model.state_dict().items()
                            if n.startswith(prefix) and p.dtype.is_floating_point])
         return moved[moved > 0].median().item()
-    assert step_size('encoder.') == pytest.approx(1e-3, rel=0.02)
-    assert step_size('predictor.') == pytest.approx(5e-3, rel=0.02)
+    peak = jepa.derive(cfg)['peak_lr']  # lr * 128 / width
+    assert peak == pytest.approx(4e-3)
+    assert step_size('encoder.') == pytest.approx(peak, rel=0.02)
+    assert step_size('predictor.') == pytest.approx(5 * peak, rel=0.02)
 
 
 def test_the_group_lasso_threshold_follows_the_predictors_lr(tiny_args, tmp_path):
