@@ -3,7 +3,7 @@ nano-jepa: Joint-Embedding Predictive Architectures for images, in one file.
 
     python jepa.py                                  # I-JEPA on the embedded shapes data (a few minutes on a CPU)
     python jepa.py --method=lejepa --local_views=0  # LeJEPA: multi-view invariance + SIGReg, no EMA, no stop-grad
-    python jepa.py -h                               # every config key with its default and what it does
+    python jepa.py --method=lejepa -h               # every config key with the value that run uses, and why
 
 Read it top to bottom, the method first: config -> model (RoPE, attention, ViT, predictor) -> masking -> objectives
 (I-JEPA, SIGReg, group sparsity, InfoNCE) -> methods -> EMA and schedules -> augmentation -> training loop -> summary;
