@@ -7,20 +7,22 @@ analyze.py: what the embeddings and attention of a JEPA run look like, epoch by 
 
 Writes RUN/metrics.json and RUN/report.html: one self-contained page (inline SVG charts, embedded PNGs, no
 scripts, no network) with training curves; per-epoch sparsity, spectrum and cluster metrics for the student
-(context encoder on a masked image) and the teacher (target encoder on the full image); class-centroid
-similarities; PCA and t-SNE maps; attention entropy, peak, sparsity and head diversity per layer; attention
-maps; patch-feature PCA images; group sparsity and group activation maps for SparseJEPA runs; and the teacher's
-embedding and attention metrics at twice the training resolution (RoPE extrapolation).
+(context encoder on a masked image) and the teacher (target encoder on the full image); the I-JEPA sparsity
+protocol (student against teacher over 5 mask draws x 500 images, and their difference); variance-explained
+curves; nearest-neighbour retrieval images; class-centroid similarities; PCA and t-SNE maps; attention entropy,
+peak, sparsity and head diversity per layer; attention maps; patch-feature PCA images; group sparsity and group
+activation maps for SparseJEPA runs; and the teacher's embedding and attention metrics at twice the training
+resolution (RoPE extrapolation).
 
-Metric definitions (per sample z in R^D, then averaged): Hoyer (sqrt(D) - |z|_1/|z|_2) / (sqrt(D) - 1);
-activation ratio: share of |z_j| above 10 % of max_j |z_j|; Gini of |z| (sorted-values formula); L0 fraction
-(share of nonzero entries) and its smooth form (|z|_1/|z|_2)^2 / D. Set level: dead units (dims varying by
-< 1e-6), PCA variance of the first 10 and 50 components, effective rank (RankMe: exp of the entropy of the
-normalised singular values), mean per-dimension std, cosine silhouette, precision@5. Patch tokens of the
-teacher (the masked methods' targets): their effective rank and std over all tokens, and the within-image share
-of their variance (near 0: every patch of an image carries the same feature). Attention per layer and head:
-entropy of each query's distribution, its largest weight, the share of weights below 1/N, and head similarity
-(mean pairwise cosine of the heads' maps), diversity = 1 - similarity.
+Metric definitions (per sample z in R^D, then averaged): Hoyer (sqrt(D) - |z|_1/|z|_2) / (sqrt(D) - 1); L1
+sparsity: mean |z_j|; activation ratio: share of |z_j| above 10 % of max_j |z_j|; Gini of |z| (sorted-values
+formula); L0 fraction (share of nonzero entries) and its smooth form (|z|_1/|z|_2)^2 / D. Set level: dead units
+(dims varying by < 1e-6), PCA variance of the first 10 and 50 components (and of the first k, for every k: the
+curve), effective rank (RankMe: exp of the entropy of the normalised singular values), mean per-dimension std,
+cosine silhouette, precision@5. Patch tokens of the teacher (the masked methods' targets): their effective rank
+and std over all tokens, and the within-image share of their variance (near 0: every patch of an image carries the
+same feature). Attention per layer and head: entropy of each query's distribution, its largest weight, the share
+of weights below 1/N, and head similarity (mean pairwise cosine of the heads' maps), diversity = 1 - similarity.
 """
 import base64
 import html
@@ -41,7 +43,7 @@ import probe
 
 # ----------------------------------------------------------------------------- config
 DEFAULTS = {'run': '', 'data': '', 'data_dir': '', 'compare': '', 'samples': 2000, 'images': 6, 'device': 'auto',
-            'tsne': True}
+            'tsne': True, 'protocol_images': 500, 'masks': 5}
 HELP = """usage: python analyze.py --run=RUN_DIR [--key=value ...]
 
   --run=PATH           run directory with ckpt_*.pt (and log.jsonl) written by jepa.py
@@ -49,7 +51,9 @@ HELP = """usage: python analyze.py --run=RUN_DIR [--key=value ...]
   --data_dir=PATH      its folder or archive ('' = the run's own)
   --compare=FILE.npz   embeddings from elsewhere (probe.py --export, or any npz with embeddings [and labels])
   --samples=2000       test images used for the metrics and the 2-D maps
-  --images=6           example images for attention maps and patch-feature PCA
+  --images=6           example images for attention maps, patch-feature PCA and nearest-neighbour retrieval
+  --protocol_images=500  student vs teacher: the first N test images ...
+  --masks=5            ... under this many multi-block mask draws (the I-JEPA sparsity protocol)
   --device=auto        auto | cuda | mps | cpu
   --tsne=True          also a t-SNE map (a few seconds for 2000 points)"""
 
@@ -104,9 +108,11 @@ def embedding_metrics(z, labels=None):
         'dead_units': int(((z.max(0).values - z.min(0).values) < 1e-6).sum()),
         'l0_fraction': (a > 0).double().mean().item(),
         'l1_l2_fraction': ((l1 / l2) ** 2 / D).mean().item(),
+        'l1_sparsity': (l1 / D).mean().item(),
         'pca_var_10': var[:10].sum().item(),
         'pca_var_50': var[:50].sum().item(),
         'effective_rank': effective_rank(z),
+        'variance_curve': var.cumsum(0).tolist(),  # share of variance in the first k components, k = 1..D
         'dim_std': z.std(0).mean().item(),
     }
     if labels is not None:
@@ -345,6 +351,43 @@ def student_features(encoder, images, patch_size, batch_size=256, seed=0):
     return torch.cat(out)
 
 
+STUDENT_TEACHER = ['l1_sparsity', 'activation_ratio', 'dead_units', 'gini']
+
+
+def student_vs_teacher(encoder, x, z_teacher, patch_size, masks=5):
+    """The I-JEPA sparsity protocol: the student (context encoder on the I-JEPA context of a fresh multi-block mask,
+    `masks` draws) against the teacher (target encoder on the full image, z_teacher (N, D)) on the same N images.
+    Per metric: the teacher's value, the student's mean and sd over the draws, and student minus teacher."""
+    teacher = embedding_metrics(z_teacher)
+    draws = [embedding_metrics(student_features(encoder, x, patch_size, seed=s)) for s in range(masks)]
+    out = {}
+    for k in STUDENT_TEACHER:
+        v = torch.tensor([d[k] for d in draws], dtype=torch.float64)  # (masks,)
+        out[k] = {'teacher': teacher[k], 'student': v.mean().item(), 'student_sd': v.std().item() if masks > 1 else 0.0,
+                  'difference': v.mean().item() - teacher[k]}
+    return out
+
+
+def retrieval_images(z, y, images, queries=6, k=5):
+    """Nearest-neighbour retrieval: per query image its k cosine nearest neighbours among the other images (itself
+    excluded), framed green when their class is the query's, red when not."""
+    zn = F.normalize(z.float(), dim=1)
+    sim = zn[:queries] @ zn.T  # (queries, N)
+    sim[torch.arange(queries), torch.arange(queries)] = float('-inf')
+    idx = sim.topk(k, dim=1).indices.cpu()  # (queries, k)
+    scale = max(1, 64 // images.shape[-1])
+
+    def framed(img, colour):
+        rgb = np.pad(to_rgb(img), ((2, 2), (2, 2), (0, 0)))
+        rgb[:2], rgb[-2:], rgb[:, :2], rgb[:, -2:] = colour, colour, colour, colour
+        return png_uri(rgb, scale)
+    rows = []
+    for q in range(queries):
+        hits = [framed(images[j], (40, 170, 40) if y[j] == y[q] else (200, 40, 40)) for j in idx[q].tolist()]
+        rows.append((framed(images[q], (120, 120, 120)), hits))
+    return rows
+
+
 @torch.no_grad()
 def patch_pca_images(encoder, images):
     """Each image beside its patch features' first three principal components as RGB (fit over all images)."""
@@ -389,6 +432,7 @@ def group_activation_maps(model, cfg, images):
     return [heatmap(a.view(grid, grid).cpu().numpy(), 8, f'group {g}') for g, a in enumerate(act)]
 
 
+@torch.no_grad()
 def analyze_checkpoint(ck, data, args, last):
     """Metrics of one checkpoint (and, for the last one, the pictures)."""
     model, cfg = probe.model_from_checkpoint(ck, data['test_x'].device)
@@ -399,8 +443,10 @@ def analyze_checkpoint(ck, data, args, last):
     h_t = patch_features(teacher, x)  # (N, L, D): one pass gives the patch metrics and the pooled features
     z_t = h_t.mean(1)
     z_s = student_features(model.encoder, x, cfg['patch_size'])
+    m = min(args['protocol_images'], n)
     row = {'epoch': float(ck['epoch']), 'step': ck['step'],
            'teacher': embedding_metrics(z_t, y), 'student': embedding_metrics(z_s, y),
+           'student_vs_teacher': student_vs_teacher(model.encoder, x[:m], z_t[:m], cfg['patch_size'], args['masks']),
            'patches': patch_metrics(h_t)}
     imgs = x[:args['images']]
     weights = attention_weights(teacher, jepa.normalize(imgs))
@@ -410,7 +456,8 @@ def analyze_checkpoint(ck, data, args, last):
     if not last:
         return row, {}
     pics = {'attention_maps': attention_map_images(weights, imgs),
-            'patch_pca': patch_pca_images(teacher, imgs), 'pca': pca_2d(z_t).cpu().numpy()}
+            'patch_pca': patch_pca_images(teacher, imgs), 'pca': pca_2d(z_t).cpu().numpy(),
+            'retrieval': retrieval_images(z_t, y.cpu(), x, args['images'])}
     if args['tsne']:
         print(f"  t-SNE of {n} points", flush=True)
         pics['tsne'] = tsne(z_t.cpu()).numpy()
@@ -447,7 +494,7 @@ SET_METRICS = ['hoyer', 'activation_ratio', 'gini', 'dead_units', 'l0_fraction',
 PATCH_METRICS = ['patch_effective_rank', 'patch_dim_std', 'within_image_share']
 
 
-def build_report(run_dir, cfg, rows, pics, log, compare, classes):
+def build_report(run_dir, cfg, rows, pics, log, compare, classes, args):
     """The self-contained HTML page."""
     h = [f'<!doctype html><html><head><meta charset="utf-8"><title>nano-jepa analysis: {html.escape(run_dir)}</title>',
          '<style>body{font-family:sans-serif;margin:24px;max-width:1100px}table{border-collapse:collapse;'
@@ -466,6 +513,13 @@ def build_report(run_dir, cfg, rows, pics, log, compare, classes):
     h.append('<h2>Embeddings per epoch: teacher (full image) vs student (masked context)</h2>')
     for who in ('teacher', 'student'):
         h.append(f'<h3>{who}</h3>' + html_table([{'epoch': r['epoch'], **r[who]} for r in rows], ['epoch'] + SET_METRICS))
+    st = rows[-1]['student_vs_teacher']
+    h.append(f'<h3>student vs teacher: {args["masks"]} mask draws × {args["protocol_images"]} images</h3>'
+             '<p>Student: context encoder on the I-JEPA context of each draw, mean ± sd over the draws; teacher: target '
+             'encoder on the full image; difference: student − teacher.</p>' +
+             html_table([{'epoch': r['epoch'], **{f'{k} {w}': r['student_vs_teacher'][k][w] for k in st
+                                                  for w in ('student', 'student_sd', 'teacher', 'difference')}}
+                         for r in rows]))
     h.append('<h3>teacher patch tokens (the targets of the masked methods)</h3>' +
              html_table([{'epoch': r['epoch'], **r['patches']} for r in rows], ['epoch'] + PATCH_METRICS))
     ep = [r['epoch'] for r in rows]
@@ -492,6 +546,13 @@ def build_report(run_dir, cfg, rows, pics, log, compare, classes):
              ''.join(f'<img src="{u}">' for u in pics['attention_maps']))
     h.append('<h2>Patch features: first three principal components as RGB</h2>' +
              ''.join(f'<figure><img src="{a}"><img src="{b}"></figure>' for a, b in pics['patch_pca']))
+    h.append('<h2>Variance explained: the first k principal components of the pooled teacher features</h2>' +
+             svg_lines({f'epoch {r["epoch"]:g}': list(enumerate(r['teacher']['variance_curve'], 1)) for r in rows},
+                       'cumulative share of variance'))
+    h.append('<h2>Nearest-neighbour retrieval (teacher features, cosine)</h2><p>Each query (grey) and its five nearest '
+             'test images: green frame, same class; red, another class.</p>' +
+             ''.join(f'<div><img src="{q}"> → ' + ''.join(f'<img src="{u}">' for u in hits) + '</div>'
+                     for q, hits in pics['retrieval']))
     h.append('<h2>Maps of the embeddings (colour = class)</h2>' + svg_scatter(pics['pca'], pics['labels'], 'PCA'))
     if 'tsne' in pics:
         h.append(svg_scatter(pics['tsne'], pics['labels'], 't-SNE'))
@@ -555,7 +616,7 @@ def main(argv):
     compare = load_compare(args['compare'], rows[-1]['teacher'], pics['labels']) if args['compare'] else None
     with open(os.path.join(args['run'], 'metrics.json'), 'w') as f:
         json.dump({'checkpoints': rows, 'compare': compare}, f, indent=1)
-    page = build_report(args['run'], cfg, rows, pics, read_log(args['run']), compare, data['classes'])
+    page = build_report(args['run'], cfg, rows, pics, read_log(args['run']), compare, data['classes'], args)
     out = os.path.join(args['run'], 'report.html')
     with open(out, 'w') as f:
         f.write(page)

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import analyze
@@ -132,9 +133,48 @@ def test_report_from_a_tiny_run_is_self_contained(tiny_args, tmp_path):
     sources = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
     assert sources and all(s.startswith('data:image/png;base64,') for s in sources), sources[:3]
     assert not re.search(r'url\(|@import|https?://(?!www\.w3\.org/2000/svg)', page)
-    for section in ('Training curves', 'teacher', 'student', 'Group sparsity', 'Attention', 'Patch features',
+    svt = rows[-1]['student_vs_teacher']  # the sparsity protocol: 5 mask draws x min(500, 300) images
+    assert set(svt) == set(analyze.STUDENT_TEACHER) and svt['l1_sparsity']['student_sd'] > 0  # the draws differ
+    assert all(v['difference'] == pytest.approx(v['student'] - v['teacher']) for v in svt.values())
+    curve = rows[-1]['teacher']['variance_curve']
+    assert curve[9] == pytest.approx(rows[-1]['teacher']['pca_var_10']) and curve[-1] == pytest.approx(1)
+    assert all(b >= a for a, b in zip(curve, curve[1:]))
+    for section in ('student vs teacher: 5 mask draws', 'Variance explained', 'Nearest-neighbour retrieval',
+                    'Training curves', 'teacher', 'student', 'Group sparsity', 'Attention', 'Patch features',
                     't-SNE', 'Class-centroid', 'RoPE extrapolation', 'Attention per layer at both resolutions', 'Comparison'):
         assert section in page, section
+
+
+def patch_tokens(img, ctx=None):
+    """A toy encoder: each 4x4 patch's mean colour is its token, (B, 3, S, S) -> (B, L, 3); with a context, its tokens."""
+    tokens = F.avg_pool2d(img, 4).flatten(2).transpose(1, 2)  # (B, L, 3)
+    return tokens if ctx is None else tokens.gather(1, ctx[..., None].expand(-1, -1, 3))
+
+
+def test_student_vs_teacher_compares_masked_and_full_views():
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    z = patch_tokens(jepa.normalize(x)).mean(1)  # (N, 3): the teacher on the full image
+    blind = analyze.student_vs_teacher(lambda img, ctx=None: patch_tokens(img).mean(1, keepdim=True), x, z, 4, masks=3)
+    for v in blind.values():  # a student that ignores the mask sees what the teacher sees
+        assert v['student'] == pytest.approx(v['teacher']) and abs(v['difference']) < 1e-9 and v['student_sd'] < 1e-9
+    out = analyze.student_vs_teacher(patch_tokens, x, z, 4, masks=3)
+    draws = [analyze.embedding_metrics(analyze.student_features(patch_tokens, x, 4, seed=s)) for s in range(3)]
+    expected = np.mean([d['l1_sparsity'] for d in draws])
+    assert out['l1_sparsity']['student'] == pytest.approx(expected) and out['l1_sparsity']['student_sd'] > 0
+    assert out['l1_sparsity']['teacher'] == pytest.approx(z.abs().mean().item())
+
+
+def test_retrieval_frames_neighbours_by_class():
+    y = torch.arange(3).repeat_interleave(8)
+    z = torch.eye(3)[y] + 0.01 * torch.randn(24, 3, generator=torch.Generator().manual_seed(0))
+    images = torch.zeros(24, 3, 8, 8, dtype=torch.uint8)
+    rows = analyze.retrieval_images(z, y, images, queries=2, k=5)
+    assert len(rows) == 2 and all(len(hits) == 5 for _, hits in rows)
+    same = analyze.retrieval_images(z, y, images, queries=1, k=5)[0][1][0]
+    relabelled = y.clone()
+    relabelled[0] = 2  # the query's neighbours (its cluster, class 0) now have another class than it
+    other = analyze.retrieval_images(z, relabelled, images, queries=1, k=5)[0][1][0]
+    assert same != other  # a neighbour of the query's class is framed differently from one of another class
 
 
 @pytest.mark.parametrize('argv, msg', [([], 'required'), (['--run=/nonexistent'], 'not a directory'),
