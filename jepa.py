@@ -63,7 +63,7 @@ num_groups = 8            # G groups of the predictor input projection's rows (s
 tau = 0.2                 # InfoNCE temperature
 # run
 out_dir = ''              # run directory ('' = runs/<data>_<method>)
-seed = 0                  # seeds init, data order, augmentation, masks and SIGReg directions
+seed = 0                  # seeds init, data order, augmentation, masks, SIGReg directions (and the shapes data)
 resume = False            # continue from the newest checkpoint in out_dir
 device = 'auto'           # auto (cuda > mps > cpu) | cuda | mps | cpu
 compile = False           # torch.compile the model
@@ -245,8 +245,7 @@ def multiblock_masks(batch_size, grid_h, grid_w, *, rng, num_targets=4, generato
     targets: every image keeps a uniformly random subset of Nc of its patches, Nc that set's expected size (so no
     count is read back), topped up where smaller with non-target patches from outside it; a target is never context."""
     B, H, W, L, nb = batch_size, grid_h, grid_w, grid_h * grid_w, num_targets
-    s = rng.uniform(*target_scale)
-    r = rng.uniform(*target_aspect)
+    s, r = rng.uniform(*target_scale), rng.uniform(*target_aspect)  # scale, aspect: in this order from rng
     area = math.floor(L * s)
     h, w = min(max(round(math.sqrt(area * r)), 1), H), min(max(round(math.sqrt(area / r)), 1), W)
     while nb * h * w >= L and h * w > 1:  # tiny grids: leave room for context (at most H+W steps)
@@ -685,8 +684,9 @@ def rank():
 CIFAR = {'cifar10': ('cifar-10-python.tar.gz', 'batches.meta'),  # the canonical archive, its meta file
          'cifar100': ('cifar-100-python.tar.gz', 'meta')}
 # The embedded dataset's 12 classes: three identical blobs in one of 12 arrangements (offsets on a unit lattice, x
-# right, y down). A bag of patch statistics (what a random-init encoder, pooled, sees) cannot tell them apart;
-# predicting a hidden blob from the visible ones (what a JEPA learns) needs exactly the arrangement.
+# right, y down). A bag of patch statistics (a random-init encoder, pooled) cannot tell them apart; predicting a
+# hidden blob from the visible ones needs the arrangement. Four target blocks hide ~2/3 of the grid: blobs spread
+# wide and apart leave parts of all three in the context, so every seed learns it (README: Results).
 ARRANGEMENTS = {
     'row': [(-1, 0), (0, 0), (1, 0)], 'column': [(0, -1), (0, 0), (0, 1)], 'diagonal': [(-1, -1), (0, 0), (1, 1)],
     'antidiagonal': [(-1, 1), (0, 0), (1, -1)], 'corner_tl': [(-1, -1), (1, -1), (-1, 1)], 'corner_tr':
@@ -702,7 +702,7 @@ def make_shapes(n, size=32, seed=0):
     u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
     y = torch.randint(len(SHAPES), (n,), generator=g)
     offsets = torch.tensor([ARRANGEMENTS[k] for k in SHAPES], dtype=torch.float32)[y]  # (n, 3, 2)
-    spacing, radius = 0.42 + 0.16 * u(n, 1, 1), 0.17 + 0.06 * u(n, 1, 1)
+    spacing, radius = 0.55 + 0.08 * u(n, 1, 1), 0.2 + 0.04 * u(n, 1, 1)  # spacing > 2 * radius: apart
     ang = (u(n) - 0.5) * 0.4
     rot = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1), torch.stack([ang.sin(), ang.cos()], -1)], -2)  # (n, 2, 2)
     room = 1 - spacing - radius  # keep every blob inside the image
